@@ -1,0 +1,1 @@
+"""pen-lab: a docker-SDK lab that proves pen end to end and teaches it."""
