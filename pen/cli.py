@@ -1,0 +1,170 @@
+"""pen's command line: options, listen address and servers, turned into one State.
+
+Every option that pen's control language can express becomes a command line for
+commands.execute, so the command line, -O, -F files and the control port share one path.
+"""
+
+from __future__ import annotations
+
+import getopt
+import sys
+from dataclasses import dataclass, field
+
+from . import __version__, commands
+from .addr import AddressError, ServerSpec, parse_listen, parse_server, resolve
+from .state import State
+
+# pen 0.34's getopt string (plus -N from its usage text); -D -P -Q -n -S are accepted and
+# ignored as in pen.
+OPTSTRING = "A:B:C:DE:F:G:HK:L:NO:PQRS:T:UWXZab:c:de:fhi:j:l:m:no:p:q:rst:u:w:x:"
+
+# Options whose value maps straight onto a command.
+AS_COMMAND = {"-b": "blacklist", "-c": "clients_max", "-e": "emergency_server",
+              "-B": "abuse_server", "-t": "timeout", "-T": "tracking", "-x": "conn_max",
+              "-l": "log", "-w": "web_stats"}
+FLAGS = {"-h": ["hash"], "-N": ["hash", "roundrobin"], "-r": ["roundrobin"],
+         "-s": ["stubborn"], "-W": ["weight"], "-H": ["http"], "-a": ["ascii"]}
+IGNORED = {"-D", "-P", "-Q", "-n", "-S"}
+
+# Options a later module brings: rejected with a clear message until it lands.
+NOT_YET = {"-C": "the control port", "-F": "config files", "-w": "the status page",
+           "-U": "UDP", "-E": "TLS", "-K": "TLS", "-G": "TLS", "-A": "TLS", "-R": "TLS",
+           "-L": "TLS", "-Z": "TLS"}
+
+USAGE = """usage: pen [options] [host:]port|/path/to/socket server [server ...]
+       server = host[:port[:soft[:hard[:weight[:prio]]]]] | [ipv6]:port... | /path
+       pen --demo      (a demo: pen on 127.0.0.1:8080 in front of two local backends)
+options: -b sec blacklist [30]  -c N clients [2048]  -e host:port emergency
+  -B host:port abuse  -C [addr:]port|/path control  -F file config  -H X-Forwarded-For
+  -O/-o cmd penctl command  -T sec tracking [0]  -U udp  -W weight  -X allow exit
+  -a ascii dumps  -d debug  -f foreground  -h hash  -j dir chroot  -l file log
+  -m N accepts per wake-up  -p file pid  -q N backlog  -r roundrobin  -s stubborn
+  -t sec connect timeout [3]  -u user  -w file status page  -x N max connections [500]
+  TLS: -E cert -K key -G cafile -A cadir -R -L ssl23|tls1|tls1.1|tls1.2|tls1.3 -Z
+See `man pen` for details; pen-lb follows it."""
+
+
+class UsageError(ValueError):
+    """A user's mistake on the command line: one line, exit status 1."""
+
+
+@dataclass
+class Options:
+    """What only the process needs, beside the State."""
+
+    foreground: bool = False
+    pidfile: str | None = None
+    user: str | None = None
+    chroot: str | None = None
+    backlog: int = 0
+    multi_accept: int = 100
+    demo: bool = False
+    startup: list = field(default_factory=list)     # (origin, command) run before -F
+
+
+def _count(opt: str, value: str, minimum: int = 0) -> int:
+    if not value.lstrip("-").isdigit() or int(value) < minimum:
+        raise UsageError(f"{opt}: expected a number of at least {minimum}, got {value!r}")
+    return int(value)
+
+
+def parse(argv: list[str]) -> tuple[State, Options]:
+    """argv (without the program name) -> State and Options; raises UsageError."""
+    state, opts = State(), Options()
+    if argv[:1] == ["--demo"]:
+        opts.demo = opts.foreground = True
+        return state, opts
+    if argv[:1] in (["--version"], ["-V"]):
+        raise UsageError(f"pen-lb {__version__}")
+    try:
+        pairs, rest = getopt.gnu_getopt(argv, OPTSTRING)
+    except getopt.GetoptError as e:
+        raise UsageError(f"-{e.opt}: {e.msg}") from None
+    settings: list[tuple[str, str]] = []     # (origin, command), applied in argv order
+    later: list[tuple[str, str]] = []        # -O/-o: after the servers exist
+    for opt, value in pairs:
+        if opt in NOT_YET:
+            raise UsageError(f"{opt}: {NOT_YET[opt]} is not supported yet")
+        origin = f"{opt} {value}".strip()
+        if opt in AS_COMMAND:
+            settings.append((origin, f"{AS_COMMAND[opt]} {value}"))
+        elif opt in FLAGS:
+            settings += [(origin, name) for name in FLAGS[opt]]
+        elif opt in ("-O", "-o"):
+            later.append((origin, value))
+        elif opt == "-d":
+            state.debug += 1
+        elif opt == "-f":
+            opts.foreground = True
+        elif opt == "-X":
+            state.allow_exit = True
+        elif opt == "-U":
+            state.udp = True
+        elif opt == "-p":
+            opts.pidfile = value
+        elif opt == "-u":
+            opts.user = value
+        elif opt == "-j":
+            opts.chroot = value
+        elif opt == "-q":
+            opts.backlog = _count(opt, value, 1)
+        elif opt == "-m":
+            opts.multi_accept = _count(opt, value, 1)
+        elif opt == "-i":
+            raise UsageError("-i: Windows services are not supported")
+        elif opt not in IGNORED:
+            raise UsageError(f"{opt}: not supported")
+    if not rest:
+        raise UsageError("missing listen address and servers (see pen --help)")
+    proto = "udp" if state.udp else "tcp"
+    try:
+        state.listen = parse_listen(rest[0], proto)
+    except AddressError as e:
+        raise UsageError(f"{rest[0]}: {e}") from None
+    apply(state, settings)
+    for index, text in enumerate(rest[1:]):
+        try:
+            spec = parse_server(text, state.listen.port, proto)
+            add_server(state, index, spec, proto)
+        except AddressError as e:
+            raise UsageError(f"{text}: {e}") from None
+    apply(state, later)
+    return state, opts
+
+
+def add_server(state: State, index: int, spec: ServerSpec, proto: str = "tcp") -> None:
+    import socket
+    endpoint = spec.endpoint
+    if not endpoint.is_unix:
+        resolve(endpoint, socket.SOCK_DGRAM if proto == "udp" else socket.SOCK_STREAM)
+    server = state.server(index)
+    server.endpoint = endpoint
+    server.max, server.hard, server.weight, server.prio = spec.max, spec.hard, spec.weight, spec.prio
+
+
+def apply(state: State, lines: list[tuple[str, str]]) -> None:
+    for origin, line in lines:
+        try:
+            commands.execute(state, line)
+        except commands.CommandError as e:
+            raise UsageError(f"{origin}: {e}") from None
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv or argv[0] in ("--help", "-?"):
+        print(USAGE, file=sys.stdout if argv else sys.stderr)
+        return 0 if argv else 1
+    try:
+        state, opts = parse(argv)
+        from .runtime import run
+        return run(state, opts)
+    except UsageError as e:
+        print(f"pen: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,535 @@
+"""pen's command language: one parser and one set of handlers for the command line (-O/-o,
+the options mapped onto commands by cli.py), -F config files, `include`, and the control port.
+
+A handler takes the State and the words after the command name and returns the answer text
+('' for setters). A bad argument raises CommandError with a one-line message.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Callable
+
+from . import __version__
+from .acl import AclError, parse_entry
+from .addr import AddressError, parse_listen, parse_server, resolve
+from .state import State
+
+MAX_LINE = 4096
+
+
+class CommandError(ValueError):
+    pass
+
+
+Handler = Callable[[State, list], str]
+COMMANDS: dict[str, Handler] = {}      # "name" and "no name" -> handler
+
+# Features a later module brings; their commands answer this until then.
+NOT_YET: dict[str, str] = {
+    "dsr_if": "direct server return",
+    "transparent": "transparent proxying",
+    "ssl_ciphers": "TLS", "ssl_option": "TLS", "ssl_sni_path": "TLS",
+    "ssl_client_renegotiation_interval": "TLS", "ssl_ocsp_response": "TLS",
+    "ssl_backend": "TLS",
+}
+
+
+def command(*names: str):
+    def register(fn: Handler) -> Handler:
+        for name in names:
+            COMMANDS[name] = fn
+        return fn
+    return register
+
+
+# --- argument helpers -----------------------------------------------------------------
+
+def number(word: str, what: str, minimum: float = 0, integer: bool = True):
+    try:
+        value = int(word) if integer else float(word)
+    except ValueError:
+        raise CommandError(f"{what}: expected a number, got {word!r}") from None
+    if value < minimum:
+        raise CommandError(f"{what}: must be at least {minimum:g}, got {word}")
+    return value
+
+
+def show(value: float) -> str:
+    return str(int(value)) if float(value).is_integer() else f"{value:g}"
+
+
+def _args(args: list, most: int, usage: str) -> list:
+    if len(args) > most:
+        raise CommandError(f"usage: {usage}")
+    return args
+
+
+def setting(name: str, attr: str, *, minimum: float = 0, integer: bool = True,
+            render: Callable[[object], str] = show, after: Callable[[State], None] | None = None):
+    """A numeric setting: `name` shows it, `name V` sets it."""
+    @command(name)
+    def handler(state: State, args: list) -> str:
+        if not _args(args, 1, f"{name} [N]"):
+            return render(getattr(state, attr))
+        setattr(state, attr, number(args[0], name, minimum, integer))
+        if after:
+            after(state)
+        return ""
+    return handler
+
+
+def flag(name: str, attr: str | None = None) -> None:
+    """A boolean mode: `name` turns it on, `no name` off."""
+    attr = attr or name
+
+    def setter(value: bool) -> Handler:
+        def handler(state: State, args: list) -> str:
+            _args(args, 0, name)
+            setattr(state, attr, value)
+            return ""
+        return handler
+    COMMANDS[name], COMMANDS["no " + name] = setter(True), setter(False)
+
+
+def path_setting(name: str, attr: str, after: Callable[[State], None] | None = None):
+    """`name` shows a file name, `name FILE` sets it, `no name` clears it."""
+    @command(name)
+    def handler(state: State, args: list) -> str:
+        if not _args(args, 1, f"{name} [FILE]"):
+            return getattr(state, attr) or ""
+        setattr(state, attr, args[0])
+        if after:
+            after(state)
+        return ""
+
+    @command("no " + name)
+    def clear(state: State, args: list) -> str:
+        setattr(state, attr, None)
+        if after:
+            after(state)
+        return ""
+    return handler
+
+
+def runtime(state: State, hook: str, *args):
+    """Call the I/O layer's hook, if the balancer is running."""
+    fn = getattr(state.runtime, hook, None) if state.runtime is not None else None
+    if fn is None:
+        raise CommandError(f"{hook}: only available on a running balancer")
+    return fn(*args)
+
+
+def _reopen_log(state: State) -> None:
+    if state.runtime is not None:
+        state.runtime.open_log()
+
+
+# --- modes and settings ---------------------------------------------------------------
+
+for _name in ("hash", "roundrobin", "stubborn", "weight", "prio", "http", "tcp_nodelay",
+              "keepalive", "ascii"):
+    flag(_name)
+flag("transparent")
+flag("ssl_backend")
+# Obsolete in pen 0.26+ and accepted as no-ops so that pen's own `write` output loads.
+for _name in ("block", "delayed_forward", "abort_on_error"):
+    COMMANDS[_name] = COMMANDS["no " + _name] = lambda state, args: ""
+for _name in ("poll", "epoll", "select", "kqueue"):
+    COMMANDS[_name] = lambda state, args: ""
+
+setting("blacklist", "blacklist_time", integer=False)
+setting("timeout", "timeout", integer=False, minimum=0.001)
+setting("tracking", "tracking", integer=False)
+setting("debug", "debug")
+setting("conn_max", "conn_max", minimum=1)
+setting("pending_max", "pending_max", minimum=1)
+setting("client_acl", "client_acl", minimum=-1)
+setting("control_acl", "control_acl", minimum=-1)
+setting("idle_timeout", "idle_timeout", integer=False,
+        render=lambda v: f"Idle timeout: {show(v)} seconds")
+setting("tarpit_acl", "tarpit_acl", minimum=-1, render=lambda v: f"tarpit_acl = {v}")
+setting("ssl_client_renegotiation_interval", "ssl_renegotiation_interval")
+path_setting("log", "log", after=_reopen_log)
+path_setting("web_stats", "web_stats")
+path_setting("ssl_sni_path", "ssl_sni_path")
+path_setting("ssl_ocsp_response", "ssl_ocsp_response")
+
+
+@command("clients_max")
+def clients_max(state: State, args: list) -> str:
+    if not _args(args, 1, "clients_max [N]"):
+        return str(state.clients.slots)
+    state.clients.resize(number(args[0], "clients_max"))
+    return ""
+
+
+@command("tcp_fastclose")
+def tcp_fastclose(state: State, args: list) -> str:
+    if not args:
+        return state.tcp_fastclose
+    if len(args) != 1 or args[0] not in ("up", "down", "both", "off"):
+        raise CommandError("usage: tcp_fastclose up|down|both|off")
+    state.tcp_fastclose = args[0]
+    return ""
+
+
+@command("source")
+def source(state: State, args: list) -> str:
+    if not _args(args, 1, "source [IP]"):
+        return state.source or ""
+    state.source = args[0]
+    return ""
+
+
+@command("dsr_if")
+def dsr_if(state: State, args: list) -> str:
+    if not _args(args, 1, "dsr_if IF"):
+        return state.dsr_if or ""
+    state.dsr_if = args[0]
+    return ""
+
+
+@command("ssl_ciphers")
+def ssl_ciphers(state: State, args: list) -> str:
+    if not args:
+        return state.ssl_ciphers or ""
+    state.ssl_ciphers = " ".join(args)
+    return ""
+
+
+SSL_OPTIONS = ("no_sslv2", "no_sslv3", "no_tlsv1", "no_tlsv1.1", "no_tlsv1.2",
+               "cipher_server_preference")
+
+
+@command("ssl_option")
+def ssl_option(state: State, args: list) -> str:
+    if not args:
+        return " ".join(state.ssl_options)
+    for option in args:
+        if option not in SSL_OPTIONS:
+            raise CommandError(f"ssl_option: unknown option {option!r} "
+                               f"(one of {', '.join(SSL_OPTIONS)})")
+        if option not in state.ssl_options:
+            state.ssl_options.append(option)
+    return ""
+
+
+@command("mode")
+def mode(state: State, args: list) -> str:
+    names = ("hash", "roundrobin", "stubborn", "weight", "prio")
+    return " ".join(n if getattr(state, n) else "no " + n for n in names)
+
+
+# --- servers and access lists ---------------------------------------------------------
+
+SERVER_FIELDS = ("acl", "address", "port", "max", "hard", "blacklist", "weight", "prio")
+
+
+@command("server")
+def server(state: State, args: list) -> str:
+    """server N [acl A] [address A] [port P] [max M] [hard H] [blacklist S] [weight W] [prio P]"""
+    if not args or len(args) % 2 == 0:
+        raise CommandError("usage: server N [" + "|".join(f"{f} V" for f in SERVER_FIELDS) + "]...")
+    index = number(args[0], "server")
+    if index > 10000:
+        raise CommandError(f"server: number too large: {index}")
+    pairs = list(zip(args[1::2], args[2::2]))
+    for key, value in pairs:           # validate all before changing anything
+        if key not in SERVER_FIELDS:
+            raise CommandError(f"server: unknown field {key!r} (one of {', '.join(SERVER_FIELDS)})")
+    srv = state.server(index)
+    changes = dict(pairs)
+    if "address" in changes or "port" in changes:
+        listen_port = state.listen.port if state.listen else 0
+        host = changes.get("address", srv.address if srv.endpoint else None)
+        if host is None:
+            raise CommandError(f"server {index}: needs an address")
+        port = changes.get("port", str(srv.port or listen_port))
+        try:
+            spec = parse_server(f"[{host}]:{port}" if ":" in host else f"{host}:{port}",
+                                listen_port)
+            srv.endpoint = resolve(spec.endpoint) if not host.startswith("/") else spec.endpoint
+        except AddressError as e:
+            raise CommandError(f"server {index}: {e}") from None
+    for key in ("acl", "max", "hard", "weight", "prio"):
+        if key in changes:
+            setattr(srv, key, number(changes[key], f"server {index} {key}", -1 if key == "acl" else 0))
+    if "blacklist" in changes:
+        state.blacklist(srv, time.time(), number(changes["blacklist"], "blacklist", integer=False))
+    return ""
+
+
+@command("servers")
+def servers(state: State, args: list) -> str:
+    return "".join(
+        f"{s.index} addr {s.address} port {s.port} conn {s.conn} max {s.max} hard {s.hard} "
+        f"weight {s.weight} prio {s.prio} sx {s.sx} rx {s.rx}\n"
+        for s in state.servers)
+
+
+def _special_server(attr: str, name: str):
+    @command(name)
+    def handler(state: State, args: list) -> str:
+        srv = getattr(state, attr)
+        if not _args(args, 1, f"{name} [HOST:PORT]"):
+            return str(srv.endpoint) if srv else ""
+        listen_port = state.listen.port if state.listen else 0
+        try:
+            spec = parse_server(args[0], listen_port)
+            endpoint = spec.endpoint if spec.endpoint.is_unix else resolve(spec.endpoint)
+        except AddressError as e:
+            raise CommandError(f"{name}: {e}") from None
+        from .state import Server
+        setattr(state, attr, Server(-1 if attr == "emergency" else -2, endpoint))
+        return ""
+
+    @command("no " + name)
+    def clear(state: State, args: list) -> str:
+        setattr(state, attr, None)
+        return ""
+
+
+_special_server("emergency", "emergency_server")
+_special_server("abuse", "abuse_server")
+
+
+@command("acl")
+def acl(state: State, args: list) -> str:
+    if len(args) not in (3, 4):
+        raise CommandError("usage: acl N permit|deny ADDRESS [MASK]")
+    try:
+        state.acls.add(number(args[0], "acl"), parse_entry(*args[1:]))
+    except AclError as e:
+        raise CommandError(f"acl: {e}") from None
+    return ""
+
+
+@command("no acl")
+def no_acl(state: State, args: list) -> str:
+    if len(args) != 1:
+        raise CommandError("usage: no acl N")
+    try:
+        state.acls.clear(number(args[0], "acl"))
+    except AclError as e:
+        raise CommandError(f"acl: {e}") from None
+    return ""
+
+
+# --- the running balancer -------------------------------------------------------------
+
+@command("pid")
+def pid(state: State, args: list) -> str:
+    return str(os.getpid())
+
+
+@command("listen")
+def listen(state: State, args: list) -> str:
+    if not _args(args, 1, "listen [ADDRESS:PORT]"):
+        return str(state.listen) if state.listen else ""
+    try:
+        endpoint = parse_listen(args[0], "udp" if state.udp else "tcp")
+    except AddressError as e:
+        raise CommandError(f"listen: {e}") from None
+    if state.runtime is not None:
+        runtime(state, "relisten", endpoint)
+    state.listen = endpoint
+    return ""
+
+
+@command("control")
+def control(state: State, args: list) -> str:
+    return str(state.control) if state.control else ""
+
+
+@command("recent")
+def recent(state: State, args: list) -> str:
+    seconds = number(_args(args, 1, "recent [S]")[0], "recent", integer=False) if args else 300
+    since = time.time() - seconds
+    return "".join(f"{c.ip} connects {c.connects} sx {c.sx} rx {c.rx}\n"
+                   for c in state.clients if c.last >= since)
+
+
+@command("connection")
+def connection(state: State, args: list) -> str:
+    if len(args) != 1:
+        raise CommandError("usage: connection N")
+    conn = state.connections.get(number(args[0], "connection"))
+    if conn is None:
+        return f"Connection {args[0]}: not in use\n"
+    server = conn.server
+    return (f"Connection {conn.id}:\n"
+            f"client = {conn.client}, server = {server.index if server else -1}\n"
+            f"server address = {server.endpoint if server else '-'}\n"
+            f"age = {time.time() - conn.started:.1f} s, sx = {conn.sx}, rx = {conn.rx}\n")
+
+
+@command("close")
+def close(state: State, args: list) -> str:
+    if len(args) != 1:
+        raise CommandError("usage: close N")
+    conn = state.connections.get(number(args[0], "close"))
+    if conn is None:
+        raise CommandError(f"close: no connection {args[0]}")
+    if conn.close:
+        conn.close()
+    return ""
+
+
+@command("socket")
+def socket_(state: State, args: list) -> str:
+    return "socket: pen-lb has no socket table; see `connection N`\n"
+
+
+@command("exit")
+def exit_(state: State, args: list) -> str:
+    if not state.allow_exit:
+        raise CommandError("exit: not allowed (start pen with -X)")
+    runtime(state, "shutdown")
+    return ""
+
+
+@command("status")
+def status(state: State, args: list) -> str:
+    return runtime(state, "write_status", args[0] if args else "html")
+
+
+@command("include")
+def include(state: State, args: list) -> str:
+    if len(args) != 1:
+        raise CommandError("usage: include FILE")
+    return run_file(state, args[0])
+
+
+@command("write")
+def write(state: State, args: list) -> str:
+    target = args[0] if args else state.config_file
+    if not target:
+        raise CommandError("write: no file given and no -F file to write to")
+    text = dump(state)
+    try:
+        with open(target, "w") as f:
+            f.write(text)
+    except OSError as e:
+        raise CommandError(f"write: {target}: {e.strerror}") from None
+    return ""
+
+
+@command("dummy", "no dummy", "idlers")
+def unsupported(state: State, args: list) -> str:
+    raise CommandError("not supported by pen-lb (pen's test-only dummy web server and idlers)")
+
+
+def dump(state: State) -> str:
+    """The running configuration as commands; `pen -F FILE LISTEN` reproduces it."""
+    def onoff(name):
+        return name if getattr(state, name) else "no " + name
+    lines = [f"# Generated by pen-lb {__version__} {time.strftime('%Y-%m-%d %H:%M:%S')}"]
+    lines += state.acls.commands()
+    lines += [onoff("ascii"), f"blacklist {show(state.blacklist_time)}",
+              f"client_acl {state.client_acl}", f"clients_max {state.clients.slots}",
+              f"conn_max {state.conn_max}", f"control_acl {state.control_acl}",
+              f"debug {state.debug}", onoff("hash"), onoff("http"),
+              f"idle_timeout {show(state.idle_timeout)}", onoff("keepalive"),
+              f"log {state.log}" if state.log else "no log", f"pending_max {state.pending_max}",
+              onoff("roundrobin")]
+    lines += [s.command() for s in state.servers]
+    for attr, name in (("emergency", "emergency_server"), ("abuse", "abuse_server")):
+        srv = getattr(state, attr)
+        lines.append(f"{name} {srv.endpoint}" if srv else f"no {name}")
+    if state.source:
+        lines.append(f"source {state.source}")
+    lines += [onoff("stubborn"), f"tcp_fastclose {state.tcp_fastclose}", onoff("tcp_nodelay"),
+              f"timeout {show(state.timeout)}", f"tracking {show(state.tracking)}"]
+    if state.transparent:
+        lines.append("transparent")
+    if state.tarpit_acl >= 0:
+        lines.append(f"tarpit_acl {state.tarpit_acl}")
+    if state.dsr_if:
+        lines.append(f"dsr_if {state.dsr_if}")
+    if state.ssl_ciphers:
+        lines.append(f"ssl_ciphers {state.ssl_ciphers}")
+    lines += [f"ssl_option {o}" for o in state.ssl_options]
+    if state.ssl_sni_path:
+        lines.append(f"ssl_sni_path {state.ssl_sni_path}")
+    if state.ssl_backend:
+        lines.append("ssl_backend")
+    lines += [f"web_stats {state.web_stats}" if state.web_stats else "no web_stats",
+              onoff("weight"), onoff("prio")]
+    return "\n".join(lines) + "\n"
+
+
+# --- parsing and running ---------------------------------------------------------------
+
+def split(line: str) -> list[str]:
+    """Words of a command line; '#' starts a comment line."""
+    line = line.strip()
+    if not line or line.startswith("#"):
+        return []
+    return line.split()
+
+
+def lookup(words: list[str]) -> tuple[str, Handler, list[str]]:
+    if words[0] == "no" and len(words) > 1:
+        name, rest = "no " + words[1], words[2:]
+    else:
+        name, rest = words[0], words[1:]
+    handler = COMMANDS.get(name)
+    if handler is None:
+        raise CommandError(f"do_cmd: ignoring command starting with '{words[0]}'")
+    return name, handler, rest
+
+
+def execute(state: State, line: str) -> str:
+    """Run one command line; raises CommandError on any user mistake."""
+    if len(line) > MAX_LINE:
+        raise CommandError(f"command longer than {MAX_LINE} bytes")
+    words = split(line)
+    if not words:
+        return ""
+    name, handler, args = lookup(words)
+    base = name[3:] if name.startswith("no ") else name
+    if base in NOT_YET:
+        raise CommandError(f"{base}: {NOT_YET[base]} is not supported yet")
+    try:
+        return handler(state, args)
+    except (AddressError, AclError) as e:
+        raise CommandError(f"{base}: {e}") from None
+
+
+def answer(state: State, line: str) -> str:
+    """The control port's answer: the command's output, or its error as a line."""
+    try:
+        return execute(state, line)
+    except CommandError as e:
+        return f"{e}\n"
+
+
+def run_lines(state: State, lines, origin: str) -> str:
+    """Run commands from a file or the command line; errors name origin and line."""
+    out = []
+    for number_, line in enumerate(lines, 1):
+        try:
+            out.append(execute(state, line))
+        except CommandError as e:
+            raise CommandError(f"{origin}:{number_}: {e}") from None
+    return "".join(out)
+
+
+_including: list[str] = []
+
+
+def run_file(state: State, path: str) -> str:
+    if path in _including or len(_including) > 8:
+        raise CommandError(f"include: {path}: included from itself or nested too deep")
+    try:
+        with open(path) as f:
+            lines = f.read().splitlines()
+    except OSError as e:
+        raise CommandError(f"{path}: {e.strerror}") from None
+    _including.append(path)
+    try:
+        return run_lines(state, lines, path)
+    finally:
+        _including.pop()

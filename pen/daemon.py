@@ -1,0 +1,131 @@
+"""Process matters: daemonizing, pid file, chroot, dropping privileges, logging."""
+
+from __future__ import annotations
+
+import logging
+import logging.handlers
+import os
+import socket
+import sys
+import time
+
+
+class DaemonError(RuntimeError):
+    pass
+
+
+def daemonize() -> None:
+    """Detach from the terminal: fork, setsid, fork, stdio to /dev/null."""
+    if os.fork() > 0:
+        os._exit(0)
+    os.setsid()
+    if os.fork() > 0:
+        os._exit(0)
+    os.chdir("/")
+    null = os.open(os.devnull, os.O_RDWR)
+    for fd in (0, 1, 2):
+        os.dup2(null, fd)
+    os.close(null)
+
+
+def write_pidfile(path: str) -> None:
+    try:
+        with open(path, "w") as f:
+            f.write(f"{os.getpid()}\n")
+    except OSError as e:
+        raise DaemonError(f"-p {path}: {e.strerror}") from None
+
+
+def remove_file(path: str | None) -> None:
+    if path:
+        try:
+            os.unlink(path)
+        except OSError:
+            pass
+
+
+def lookup_user(name: str):
+    import pwd
+    try:
+        return pwd.getpwnam(name)
+    except KeyError:
+        raise DaemonError(f"-u {name}: no such user") from None
+
+
+def enter_chroot(path: str) -> None:
+    try:
+        os.chroot(path)
+        os.chdir("/")
+    except OSError as e:
+        raise DaemonError(f"-j {path}: {e.strerror}") from None
+
+
+def drop_privileges(user) -> None:
+    """Switch to user (a pwd entry) after binding, as pen's -u does."""
+    if os.getuid() != 0:
+        if user.pw_uid != os.getuid():
+            raise DaemonError(f"-u {user.pw_name}: only root can switch users")
+        return
+    os.setgroups([])
+    os.setgid(user.pw_gid)
+    os.setuid(user.pw_uid)
+
+
+def setup_logging(debug: int, foreground: bool) -> None:
+    """Diagnostics go to stderr in the foreground, to syslog in the background (as pen)."""
+    level = logging.WARNING if debug == 0 else logging.INFO if debug == 1 else logging.DEBUG
+    root = logging.getLogger("pen")
+    root.handlers.clear()
+    root.setLevel(level)
+    if foreground:
+        handler: logging.Handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(asctime)s: %(message)s", "%Y-%m-%d %H:%M:%S"))
+    else:
+        try:
+            handler = logging.handlers.SysLogHandler("/dev/log")
+        except OSError:
+            handler = logging.NullHandler()
+        handler.setFormatter(logging.Formatter("pen[%(process)d]: %(message)s"))
+    root.addHandler(handler)
+
+
+class ConnectionLog:
+    """pen's -l log: one line per connection, to a file or to a UDP host:port (penlogd)."""
+
+    def __init__(self) -> None:
+        self.target: str | None = None
+        self.file = None
+        self.udp = None
+
+    def open(self, target: str | None) -> None:
+        self.close()
+        self.target = target
+        if not target:
+            return
+        host, sep, port = target.rpartition(":")
+        if sep and port.isdigit() and "/" not in target:
+            info = socket.getaddrinfo(host.strip("[]"), int(port), 0, socket.SOCK_DGRAM)[0]
+            self.udp = socket.socket(info[0], socket.SOCK_DGRAM)
+            self.udp.setblocking(False)
+            self.udp.connect(info[4])
+        else:
+            self.file = open(target, "a", buffering=1)
+
+    def write(self, line: str) -> None:
+        try:
+            if self.file is not None:
+                self.file.write(line + "\n")
+            elif self.udp is not None:
+                self.udp.send(line.encode()[:1400])
+        except OSError:
+            pass
+
+    def close(self) -> None:
+        for f in (self.file, self.udp):
+            if f is not None:
+                f.close()
+        self.file = self.udp = None
+
+
+def timestamp() -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S")

@@ -1,0 +1,108 @@
+"""Byte pumps: one direction of a connection, from one socket to the other.
+
+A pump copies with recv/send; once a direction has moved BULK bytes (a download, an
+upload) it switches to splice(2) through a pipe where the platform has it, so the bytes
+stay in the kernel. Small exchanges never pay for the pipe, and a silent connection holds
+no fds beyond its two sockets.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import socket
+import sys
+import time
+
+BUFSIZE = 64 * 1024
+BULK = 256 * 1024
+SPLICE = sys.platform.startswith("linux") and hasattr(os, "splice")
+_SPLICE_FLAGS = getattr(os, "SPLICE_F_MOVE", 1) | getattr(os, "SPLICE_F_NONBLOCK", 2)
+_GONE = (errno.ECONNRESET, errno.EPIPE, errno.ENOTCONN, errno.EBADF, errno.ETIMEDOUT)
+
+
+class Idle(Exception):
+    """No bytes moved either way for idle_timeout seconds."""
+
+
+class Flow:
+    """What both pumps of a connection share: when bytes last moved, and the idle limit."""
+
+    __slots__ = ("last", "idle")
+
+    def __init__(self, idle: float) -> None:
+        self.last = time.monotonic()
+        self.idle = idle or None
+
+    def waited_out(self) -> bool:
+        """After a wait timed out: is the whole connection idle, or only this direction?"""
+        return time.monotonic() - self.last >= self.idle
+
+
+def pump(src, dst, flow: Flow, count, transform=None) -> None:
+    """Move bytes src -> dst until src ends; count(n) is told of every chunk.
+    Returns on EOF; raises Idle or OSError when the connection should be torn down."""
+    sent = 0
+    src.settimeout(flow.idle)
+    dst.settimeout(flow.idle)
+    while True:
+        try:
+            data = src.recv(BUFSIZE)
+        except socket.timeout:
+            if flow.waited_out():
+                raise Idle() from None
+            continue
+        if not data:
+            if transform is not None and (rest := transform.flush()):
+                dst.sendall(rest)
+            return
+        flow.last = time.monotonic()
+        count(len(data))
+        if transform is not None:
+            data = transform.feed(data)
+        if data:
+            dst.sendall(data)
+        sent += len(data)
+        if SPLICE and transform is None and sent >= BULK:
+            return splice_pump(src, dst, flow, count)
+
+
+def splice_pump(src, dst, flow: Flow, count) -> None:
+    """Zero-copy relay through a pipe: socket -> pipe -> socket, all in the kernel."""
+    src_fd, dst_fd = src.fileno(), dst.fileno()
+    pipe_r, pipe_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        while True:
+            try:
+                n = os.splice(src_fd, pipe_w, BUFSIZE, flags=_SPLICE_FLAGS)
+            except BlockingIOError:
+                _wait(src, src._read_event, flow)
+                continue
+            if n == 0:
+                return
+            flow.last = time.monotonic()
+            count(n)
+            while n:
+                try:
+                    n -= os.splice(pipe_r, dst_fd, n, flags=_SPLICE_FLAGS)
+                except BlockingIOError:
+                    _wait(dst, dst._write_event, flow)
+    finally:
+        os.close(pipe_r)
+        os.close(pipe_w)
+
+
+def _wait(sock, watcher, flow: Flow) -> None:
+    """Wait on the socket's own watcher (honouring its timeout, the idle limit), so that
+    closing the socket from another greenlet wakes this one, as it does for recv."""
+    while True:
+        try:
+            return sock._wait(watcher)
+        except socket.timeout:
+            if flow.waited_out():
+                raise Idle() from None
+
+
+def gone(error: OSError) -> bool:
+    """An error that just means the peer went away (not worth more than a debug line)."""
+    return isinstance(error, (ConnectionError, socket.timeout)) or error.errno in _GONE

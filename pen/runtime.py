@@ -1,0 +1,168 @@
+"""Start-up, the main loop, signals and shutdown: the running balancer.
+
+The Runtime is also `state.runtime`: the hooks through which the command language reaches
+the I/O layer (listen, exit, status, log).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+import stat
+import time
+
+import gevent
+from gevent import socket as gsocket
+from gevent.event import Event
+
+from . import commands, daemon
+from .addr import AddressError, Endpoint, resolve
+from .cli import Options, UsageError
+from .state import State
+from .tcp import Listener, TcpBalancer
+
+log = logging.getLogger("pen")
+
+GRACE = 10.0          # seconds connections in flight get to finish after SIGTERM
+
+
+def bind(endpoint: Endpoint, socktype: int = socket.SOCK_STREAM, backlog: int = 0):
+    """A listening socket (plain, not yet gevent's) for a listen address."""
+    if endpoint.is_unix:
+        path = endpoint.path
+        if os.path.exists(path) and stat.S_ISSOCK(os.stat(path).st_mode):
+            os.unlink(path)                       # a stale socket from an earlier run
+        sock = socket.socket(socket.AF_UNIX, socktype)
+        target = path
+    else:
+        resolve(endpoint, socktype, passive=True)
+        sock = socket.socket(endpoint.family, socktype)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if endpoint.family == socket.AF_INET6 and endpoint.host in (None, "::"):
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+        target = endpoint.sockaddr
+    try:
+        sock.bind(target)
+        if socktype == socket.SOCK_STREAM:
+            sock.listen(backlog or socket.SOMAXCONN)
+    except OSError as e:
+        sock.close()
+        raise UsageError(f"{endpoint}: cannot listen: {e.strerror}") from None
+    sock.setblocking(False)
+    return sock
+
+
+class Runtime:
+    def __init__(self, state: State, opts: Options) -> None:
+        self.state = state
+        self.opts = opts
+        self.stopping = Event()
+        self.conn_log = daemon.ConnectionLog()
+        self.balancer = None
+
+    # hooks for the command language -------------------------------------------------
+
+    def open_log(self) -> None:
+        try:
+            self.conn_log.open(self.state.log)
+        except (OSError, IndexError) as e:
+            raise commands.CommandError(f"log {self.state.log}: {e}") from None
+
+    def relisten(self, endpoint: Endpoint) -> None:
+        """`listen ADDR`: open the new listener first, then close the old one."""
+        try:
+            sock = bind(endpoint, backlog=self.opts.backlog)
+        except (UsageError, AddressError) as e:
+            raise commands.CommandError(f"listen: {e}") from None
+        old = self.balancer.listener
+        self.balancer.listener = Listener(gsocket.socket(fileno=sock.detach()), self.balancer)
+        self.balancer.listener.max_accept = self.opts.multi_accept
+        self.balancer.listener.start()
+        old.close()
+
+    def shutdown(self) -> None:
+        self.stopping.set()
+
+    def write_status(self, fmt: str = "html") -> str:
+        raise commands.CommandError("status: the status page is not supported yet")
+
+    # the main loop ---------------------------------------------------------------------
+
+    def serve(self, listen_sock) -> int:
+        state = self.state
+        self.open_log()
+        self.balancer = TcpBalancer(state, gsocket.socket(fileno=listen_sock.detach()),
+                                    self.conn_log.write)
+        self.balancer.listener.max_accept = self.opts.multi_accept
+        if state.source:
+            self.balancer.connect_hooks.append(bind_source(state))
+        gevent.signal_handler(signal.SIGTERM, self.shutdown)
+        gevent.signal_handler(signal.SIGINT, self.shutdown)
+        gevent.signal_handler(signal.SIGHUP, self.reload)
+        gevent.signal_handler(signal.SIGUSR1, self.report)
+        self.balancer.listener.start()
+        log.info("pen-lb listening on %s, %d servers", state.listen, len(state.servers))
+        self.stopping.wait()
+        return self.drain()
+
+    def drain(self) -> int:
+        """Stop accepting, give connections in flight GRACE seconds, then close them."""
+        self.balancer.listener.close()
+        deadline = time.monotonic() + GRACE
+        while self.state.connections and time.monotonic() < deadline:
+            gevent.sleep(0.05)
+        for conn in list(self.state.connections.values()):
+            if conn.close:
+                conn.close()
+        gevent.sleep(0)
+        if self.state.listen and self.state.listen.is_unix:
+            daemon.remove_file(self.state.listen.path)
+        log.info("pen-lb exiting")
+        return 0
+
+    def reload(self) -> None:
+        log.info("SIGHUP: reopening the log")
+        try:
+            self.open_log()
+        except commands.CommandError as e:
+            log.error("%s", e)
+
+    def report(self) -> None:
+        for line in commands.answer(self.state, "servers").splitlines():
+            log.warning("%s", line)
+
+
+def bind_source(state: State):
+    """`source IP`: connect to the servers from a fixed local address."""
+    def hook(sock, server, client_address):
+        if server.endpoint.family != socket.AF_UNIX and state.source:
+            sock.bind((state.source, 0))
+    return hook
+
+
+def run(state: State, opts: Options) -> int:
+    if opts.demo:
+        from .demo import prepare
+        prepare(state)
+    daemon.setup_logging(state.debug, opts.foreground)
+    user = daemon.lookup_user(opts.user) if opts.user else None
+    listen_sock = bind(state.listen, backlog=opts.backlog)
+    if not opts.foreground:
+        daemon.daemonize()
+        gevent.reinit()
+    try:
+        if opts.pidfile:
+            daemon.write_pidfile(opts.pidfile)
+        if opts.chroot:
+            daemon.enter_chroot(opts.chroot)
+        if user is not None:
+            daemon.drop_privileges(user)
+        runtime = Runtime(state, opts)
+        state.runtime = runtime
+        return runtime.serve(listen_sock)
+    except daemon.DaemonError as e:
+        raise UsageError(str(e)) from None
+    finally:
+        daemon.remove_file(opts.pidfile)

@@ -1,0 +1,94 @@
+"""Choosing a server for a new connection, and failing over when it does not answer.
+
+`candidates()` yields the servers to try, in pen's order:
+  1. a client the ACL denies gets the abuse server (-B) or nothing;
+  2. unless -r, the server the client used last time, if it is available to it;
+  3. otherwise by mode: prio, weight, hash, or round-robin over available servers;
+  4. after a failure (the caller blacklists the server): the next available servers in
+     order, wrapping around, then the emergency server (-e); with -s, nothing more.
+The generator is lazy, so each step sees the blacklisting the caller did before it.
+"""
+
+from __future__ import annotations
+
+from typing import Iterator
+
+from .state import Server, State
+
+
+def available(state: State, server: Server, ip, now: float, returning: bool = False) -> bool:
+    return (server.endpoint is not None
+            and not server.blacklisted(now)
+            and not server.full(returning)
+            and state.acls.permits(server.acl, ip))
+
+
+def client_hash(ip, port: int | None, with_port: bool) -> int:
+    value = int(ip) if ip is not None else 0
+    return value ^ (port or 0) if with_port else value
+
+
+def _rotation(servers: list[Server], start: int) -> list[Server]:
+    """All servers, beginning at index start, wrapping around."""
+    n = len(servers)
+    return [servers[(start + i) % n] for i in range(n)] if n else []
+
+
+def _by_mode(state: State, ip, port, now: float) -> Server | None:
+    servers = state.servers
+    if not servers:
+        return None
+    if state.hash:
+        start = client_hash(ip, port, state.roundrobin) % len(servers)
+        for server in _rotation(servers, start):
+            if available(state, server, ip, now):
+                return server
+        return None
+    ring = [s for s in _rotation(servers, state.rr_cursor + 1) if available(state, s, ip, now)]
+    if not ring:
+        return None
+    if state.prio:
+        best = min(s.prio for s in ring)
+        ring = [s for s in ring if s.prio == best]
+    if state.weight:
+        chosen = min(ring, key=lambda s: s.conn / max(s.weight, 1))
+    else:
+        chosen = ring[0]
+    state.rr_cursor = chosen.index
+    return chosen
+
+
+def initial(state: State, ip, port, now: float) -> Server | None:
+    """The first server to try for a permitted client."""
+    if not state.roundrobin:
+        client = state.clients.lookup(ip, now, state.tracking)
+        if client is not None and 0 <= client.server < len(state.servers):
+            server = state.servers[client.server]
+            if available(state, server, ip, now, returning=True):
+                return server
+    return _by_mode(state, ip, port, now)
+
+
+def _next_after(state: State, failed: Server, ip, now: float, tried: set[int]) -> Server | None:
+    for server in _rotation(state.servers, failed.index + 1):
+        if server.index not in tried and available(state, server, ip, now):
+            return server
+    return None
+
+
+def candidates(state: State, ip, port, now: float) -> Iterator[Server]:
+    """Servers to try in order; the caller blacklists each one that fails before asking again."""
+    if not state.acls.permits(state.client_acl, ip):
+        if state.abuse is not None:
+            yield state.abuse
+        return
+    server = initial(state, ip, port, now)
+    tried: set[int] = set()
+    while server is not None:
+        tried.add(server.index)
+        yield server
+        if state.stubborn:
+            return
+        server = _next_after(state, server, ip, now, tried)
+    if state.emergency is not None and not state.stubborn:
+        yield state.emergency
