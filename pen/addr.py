@@ -109,7 +109,7 @@ def parse_server(text: str, default_port: int, proto: str = "tcp") -> ServerSpec
     port = parse_port(fields[0], "server port", proto) if fields[0] else default_port
     soft, hard, weight, prio = (
         _count(value, what, text) if value else 0
-        for value, what in zip(fields[1:], ("soft limit", "hard limit", "weight", "prio"))
+        for value, what in zip(fields[1:], ("soft limit", "hard limit", "weight", "prio"), strict=True)
     )
     return ServerSpec(Endpoint(host=host, port=port), soft, hard, weight, prio)
 

@@ -235,12 +235,11 @@ def server(state: State, args: list) -> str:
     index = number(args[0], "server")
     if index > 10000:
         raise CommandError(f"server: number too large: {index}")
-    pairs = list(zip(args[1::2], args[2::2]))
-    for key, value in pairs:           # validate all before changing anything
+    changes = dict(zip(args[1::2], args[2::2], strict=True))
+    for key in changes:                # validate all before changing anything
         if key not in SERVER_FIELDS:
             raise CommandError(f"server: unknown field {key!r} (one of {', '.join(SERVER_FIELDS)})")
     srv = state.server(index)
-    changes = dict(pairs)
     if "address" in changes or "port" in changes:
         listen_port = state.listen.port if state.listen else 0
         host = changes.get("address", srv.address if srv.endpoint else None)
