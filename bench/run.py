@@ -1,0 +1,347 @@
+#!/usr/bin/env python3
+"""pen-lb benchmark: our pen vs the C pen vs HAProxy, interleaved, on loopback.
+
+    python3 bench/run.py [--quick] [--only tcp|udp|tls] [--json out.json]
+
+See bench/README.md for what is measured and how to read the table.
+"""
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import signal
+import statistics
+import sys
+import tempfile
+import time
+
+import backends
+import balancers
+import loads
+import procs
+
+# key, mode, title, rate unit, efficiency unit
+TESTS = [
+    ("keepalive", "tcp", "keep-alive requests (wrk -c50 -t2, 100 B)", "req/s", "req/CPU-s"),
+    ("newconn", "tcp", "new connections (wrk, Connection: close)", "req/s", "req/CPU-s"),
+    ("bulk", "tcp", "bulk download (curl, one big file)", "MB/s", "MB/CPU-s"),
+    ("udp", "udp", "DNS over UDP (dnsperf -c8 -q100)", "q/s", "q/CPU-s"),
+    ("tls_handshake", "tls", "TLS handshakes (wrk over https, Connection: close)", "req/s", "req/CPU-s"),
+    ("tls_keepalive", "tls", "TLS keep-alive requests (wrk over https)", "req/s", "req/CPU-s"),
+]
+MODES = ["tcp", "udp", "tls"]
+
+# goals from the issues: minimum ratio ours/other, per test, for the rate; efficiency vs C pen
+RATE_GOALS = {
+    "keepalive": {"cpen": 1.5, "haproxy": 1.0},
+    "newconn": {"cpen": 1.0},
+    "bulk": {"cpen": 1.2},
+    "udp": {"cpen": 1.0},
+    "tls_handshake": {"cpen": 1.0},
+    "tls_keepalive": {"cpen": 1.0},
+}
+EFFICIENCY_GOAL = {"cpen": 1.0}
+MIN_CPU_SECONDS = 0.05  # below this the tick counter is too coarse for an efficiency figure
+
+
+class OneLineParser(argparse.ArgumentParser):
+    def error(self, message):
+        sys.exit("bench/run.py: %s (try --help)" % message)
+
+
+def parse_args(argv):
+    parser = OneLineParser(description="Benchmark our pen against the C pen and HAProxy.")
+    parser.add_argument("--quick", action="store_true",
+                        help="short runs (2 s loads, 200 MB download): about a minute")
+    parser.add_argument("--only", choices=MODES, help="run only the tcp, udp or tls tests")
+    parser.add_argument("--json", metavar="FILE", help="also write the results as JSON to FILE")
+    parser.add_argument("--rounds", type=int, help="interleaved rounds (default 2; median is taken)")
+    parser.add_argument("--seconds", type=int, help="duration of each wrk/dnsperf load")
+    parser.add_argument("--bulk-mb", type=int, help="size of the download in MB (default 1000)")
+    parser.add_argument("--ours-cmd", metavar="CMD",
+                        help='command for "ours" instead of python3 -m pen (also PEN_BENCH_OURS)')
+    parser.add_argument("--keep", action="store_true", help="keep the temp dir (configs, logs)")
+    args = parser.parse_args(argv)
+    args.rounds = args.rounds or 2
+    args.seconds = args.seconds or (2 if args.quick else 5)
+    args.bulk_mb = args.bulk_mb or (200 if args.quick else 1000)
+    if args.rounds < 1 or args.seconds < 1 or args.bulk_mb < 1:
+        parser.error("--rounds, --seconds and --bulk-mb must be positive")
+    return args
+
+
+def check_tools(modes):
+    needed = {"tcp": ["nginx", "wrk", "curl"], "udp": ["dnsmasq", "dnsperf"],
+              "tls": ["nginx", "wrk", "openssl"]}
+    missing = sorted({t for m in modes for t in needed[m] if not shutil.which(t)})
+    if missing:
+        sys.exit("bench/run.py: missing tools: %s (apt-get install -y nginx-light wrk curl "
+                 "dnsmasq-base dnsperf openssl)" % " ".join(missing))
+
+
+class Bench:
+    def __init__(self, args, tmp):
+        self.args, self.tmp = args, tmp
+        self.modes = [args.only] if args.only else MODES
+        self.tests = [t for t in TESTS if t[1] in self.modes]
+        self.balancers = balancers.all_balancers(args.ours_cmd)
+        self.results = {t[0]: {b.key: [] for b in self.balancers} for t in self.tests}
+        self.unavailable = {}  # (balancer key, mode) -> reason, when it cannot run that mode at all
+        self.cert = None
+        self.query_file = None
+        self.http_ports = self.dns_ports = None
+
+    # ---- fixtures -------------------------------------------------------------------------
+    def start_backends(self):
+        if "tcp" in self.modes or "tls" in self.modes:
+            backends.make_files(self.tmp, self.args.bulk_mb * 10**6)
+            self.http_ports = procs.free_ports(2)
+            backends.start_nginx(self.tmp, *self.http_ports)
+            for port in self.http_ports:
+                reason = loads.http_probe(port)
+                if reason:
+                    raise RuntimeError("nginx backend on %d: %s" % (port, reason))
+        if "tls" in self.modes:
+            self.cert = backends.make_cert(self.tmp)
+        if "udp" in self.modes:
+            self.dns_ports = procs.free_ports(2)
+            self.query_file = backends.write_queries(self.tmp)
+            for i, port in enumerate(self.dns_ports, 1):
+                proc = backends.start_dnsmasq(self.tmp, port, "dnsmasq%d" % i)
+                reason = loads.dns_probe(port, proc)
+                if reason:
+                    raise RuntimeError("dnsmasq backend on %d: %s" % (port, reason))
+
+    # ---- one balancer, one mode, one round --------------------------------------------------
+    def run_mode(self, balancer, mode, round_no):
+        tests = [t for t in self.tests if t[1] == mode]
+        if not balancer.supports(mode):
+            self.unavailable[(balancer.key, mode)] = "%s does not do UDP" % balancer.label
+        if (balancer.key, mode) in self.unavailable:
+            return
+        port = procs.free_ports(1)[0]
+        backend_ports = self.dns_ports if mode == "udp" else self.http_ports
+        proc = balancer.start(self.tmp, mode, port, backend_ports, self.cert,
+                              "%s-r%d" % (mode, round_no))
+        try:
+            if mode == "udp":
+                reason = loads.dns_probe(port, proc)
+            else:
+                reason = procs.wait_tcp(port, proc) or loads.http_probe(port, mode == "tls")
+            if reason:
+                if proc.poll() is not None:  # it refused to run: do not try again next round
+                    self.unavailable[(balancer.key, mode)] = reason
+                for key, *_ in tests:
+                    self.record(key, balancer, {"failed": reason})
+                return
+            for key, *_ in tests:
+                before = procs.cpu_seconds(proc.pid)
+                outcome = self.load(key, port)
+                cpu = procs.cpu_seconds(proc.pid) - before
+                if proc.poll() is not None:
+                    outcome = {"failed": "balancer died: " + procs.last_words(proc)}
+                outcome["cpu_seconds"] = round(cpu, 3)
+                self.record(key, balancer, outcome)
+                if "failed" in outcome and proc.poll() is not None:
+                    break
+        finally:
+            procs.stop(proc)
+
+    def load(self, key, port):
+        seconds = self.args.seconds
+        http = "http://127.0.0.1:%d/small" % port
+        https = "https://127.0.0.1:%d/small" % port
+        if key == "keepalive":
+            return loads.wrk(http, seconds)
+        if key == "newconn":
+            return loads.wrk(http, seconds, close=True)
+        if key == "bulk":
+            return loads.curl_download("http://127.0.0.1:%d/big" % port,
+                                       self.args.bulk_mb * 10**6, max_seconds=300)
+        if key == "udp":
+            return loads.dnsperf(port, self.query_file, seconds)
+        if key == "tls_handshake":
+            return loads.wrk(https, seconds, close=True)
+        if key == "tls_keepalive":
+            return loads.wrk(https, seconds)
+        raise ValueError(key)
+
+    def record(self, key, balancer, outcome):
+        if "failed" not in outcome:
+            outcome["rate"] = outcome["count"] / outcome["seconds"]
+            cpu = outcome["cpu_seconds"]
+            outcome["efficiency"] = outcome["count"] / cpu if cpu >= MIN_CPU_SECONDS else None
+        self.results[key][balancer.key].append(outcome)
+        print("  %-14s %-28s %s" % (key, balancer.label[:28], describe(outcome)), flush=True)
+
+    def run(self):
+        for round_no in range(1, self.args.rounds + 1):
+            print("round %d of %d" % (round_no, self.args.rounds), flush=True)
+            for mode in self.modes:
+                for balancer in self.balancers:
+                    self.run_mode(balancer, mode, round_no)
+
+    # ---- summary ---------------------------------------------------------------------------
+    def summary(self):
+        """Per test and balancer: median rate and efficiency over the rounds that worked."""
+        out = {}
+        for key, mode, *_ in self.tests:
+            out[key] = {}
+            for b in self.balancers:
+                rounds = self.results[key][b.key]
+                good = [r for r in rounds if "failed" not in r]
+                cell = {"rounds": rounds}
+                if (b.key, mode) in self.unavailable and not good:
+                    cell["na"] = self.unavailable[(b.key, mode)]
+                elif not good:
+                    cell["na"] = rounds[0]["failed"] if rounds else "not run"
+                else:
+                    cell["rate"] = statistics.median(r["rate"] for r in good)
+                    effs = [r["efficiency"] for r in good if r["efficiency"] is not None]
+                    cell["efficiency"] = statistics.median(effs) if effs else None
+                    cell["errors"] = sum(r["errors"] for r in good)
+                out[key][b.key] = cell
+        return out
+
+
+def describe(outcome):
+    if "failed" in outcome:
+        return "n/a (%s)" % outcome["failed"]
+    eff = outcome["efficiency"]
+    text = "%s/s, %s per CPU-s (cpu %.2fs)" % (fmt(outcome["rate"]), fmt(eff), outcome["cpu_seconds"])
+    return text + ("  [%s]" % outcome["note"] if outcome.get("note") else "")
+
+
+def fmt(value):
+    if value is None:
+        return "-"
+    if value >= 100:
+        return "{:,.0f}".format(value)
+    return "{:.1f}".format(value)
+
+
+def ratio(summary, key, metric, other):
+    ours, theirs = summary[key]["ours"].get(metric), summary[key][other].get(metric)
+    if ours is None or not theirs:
+        return None
+    return ours / theirs
+
+
+def goal_cell(value, goal):
+    if value is None:
+        return "n/a"
+    if goal is None:
+        return "%.2f" % value
+    return "%.2f %s (>=%.1f)" % (value, "ok" if value >= goal else "MISS", goal)
+
+
+def print_table(bench, summary):
+    labels = {b.key: b.label for b in bench.balancers}
+    head = "%-26s %-9s %14s %14s %14s  %-17s %-17s" % (
+        "test", "metric", labels["ours"][:14], "C pen", "HAProxy", "ours/C pen", "ours/HAProxy")
+    print()
+    print(head)
+    print("-" * len(head))
+    notes = []
+    for key, mode, title, unit, eff_unit in bench.tests:
+        print(title)
+        for metric, name, goals in (("efficiency", eff_unit, EFFICIENCY_GOAL),
+                                    ("rate", unit, RATE_GOALS[key])):
+            cells = []
+            for b in bench.balancers:
+                cell = summary[key][b.key]
+                cells.append("n/a" if "na" in cell else fmt(cell.get(metric)))
+            ratios = [goal_cell(ratio(summary, key, metric, other), goals.get(other))
+                      for other in ("cpen", "haproxy")]
+            if mode == "udp":
+                ratios[1] = "n/a"
+            marker = "*" if metric == "efficiency" else " "
+            print("%s %-24s %-9s %14s %14s %14s  %-17s %-17s" % (
+                marker, "", name, *cells, *ratios))
+        for b in bench.balancers:
+            cell = summary[key][b.key]
+            if "na" in cell:
+                notes.append("%s / %s: n/a (%s)" % (key, b.label, cell["na"]))
+            elif cell.get("errors"):
+                notes.append("%s / %s: %d errors or lost (%s)" % (
+                    key, b.label, cell["errors"],
+                    "; ".join(r["note"] for r in cell["rounds"] if r.get("note"))))
+        if key == "udp":
+            lost = summary[key]["ours"].get("errors")
+            if lost is not None:
+                notes.append("udp goal 'no lost answers' for ours: %s (%d lost)" % (
+                    "ok" if lost == 0 else "MISS", lost))
+    print()
+    print("* efficiency = units per CPU-second of the balancer process (utime+stime). Rates swing")
+    print("  up to 2x between runs on a shared 2-core machine; efficiency ratios stay within ~5%.")
+    for note in notes:
+        print("note: " + note)
+
+
+def main(argv=None):
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    bench_modes = [args.only] if args.only else MODES
+    check_tools(bench_modes)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit("bench/run.py: terminated"))
+    tmp = tempfile.mkdtemp(prefix="pen-bench-")
+    started = time.monotonic()
+    bench = Bench(args, tmp)
+    try:
+        print("pen-lb benchmark: %d round(s), %ds loads, %d MB download, temp dir %s" % (
+            args.rounds, args.seconds, args.bulk_mb, tmp))
+        print("balancers: " + ", ".join("%s = %s" % (b.label, " ".join(b.base_argv))
+                                        for b in bench.balancers))
+        bench.start_backends()
+        bench.run()
+        summary = bench.summary()
+        print_table(bench, summary)
+        elapsed = time.monotonic() - started
+        print("total time %.0fs" % elapsed)
+        if args.json:
+            write_json(args, bench, summary, elapsed)
+    except KeyboardInterrupt:
+        sys.exit("bench/run.py: interrupted")
+    except RuntimeError as exc:
+        sys.exit("bench/run.py: %s" % exc)
+    finally:
+        procs.kill_all()
+        if args.keep:
+            print("kept %s" % tmp)
+        else:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def write_json(args, bench, summary, elapsed):
+    doc = {
+        "settings": {"rounds": args.rounds, "seconds": args.seconds, "bulk_mb": args.bulk_mb,
+                     "quick": args.quick, "only": args.only},
+        "machine": {"cpus": os.cpu_count(), "loadavg": os.getloadavg(),
+                    "kernel": platform.release(), "python": platform.python_version()},
+        "balancers": {b.key: {"label": b.label, "command": b.base_argv} for b in bench.balancers},
+        "elapsed_seconds": round(elapsed, 1),
+        "tests": {},
+    }
+    for key, mode, title, unit, eff_unit in bench.tests:
+        entry = {"title": title, "unit": unit, "efficiency_unit": eff_unit,
+                 "results": summary[key], "ratios": {}, "goals": {}}
+        for other in ("cpen", "haproxy"):
+            for metric in ("rate", "efficiency"):
+                entry["ratios"]["%s_vs_%s" % (metric, other)] = ratio(summary, key, metric, other)
+        for other, goal in RATE_GOALS[key].items():
+            value = entry["ratios"]["rate_vs_%s" % other]
+            entry["goals"]["rate_vs_%s" % other] = {"min": goal, "met": value is not None and value >= goal}
+        value = entry["ratios"]["efficiency_vs_cpen"]
+        entry["goals"]["efficiency_vs_cpen"] = {"min": 1.0, "met": value is not None and value >= 1.0}
+        if key == "udp":
+            lost = summary[key]["ours"].get("errors")
+            entry["goals"]["no_lost_answers"] = {"met": lost == 0}
+        doc["tests"][key] = entry
+    with open(args.json, "w") as f:
+        json.dump(doc, f, indent=2)
+    print("wrote " + args.json)
+
+
+if __name__ == "__main__":
+    main()
