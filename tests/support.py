@@ -1,0 +1,180 @@
+"""Helpers for tests that run real processes on loopback: pen itself, HTTP backends, curl.
+
+Everything listens on 127.0.0.0/8 or ::1 only.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+import socket
+import subprocess
+import sys
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def free_port(host: str = "127.0.0.1", kind: int = socket.SOCK_STREAM) -> int:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, kind) as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+def wait_for(condition, timeout: float = 10.0, interval: float = 0.02, what: str = "condition"):
+    """Poll condition() until it returns something truthy; fail with `what` after timeout."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(interval)
+
+
+def can_connect(host: str, port: int) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=0.5):
+            return True
+    except OSError:
+        return False
+
+
+class Pen:
+    """A `python -m pen -f ...` process; `args` is pen's command line after the options."""
+
+    def __init__(self, *args: str, wait: tuple | None = None, env: dict | None = None) -> None:
+        self.args = [sys.executable, "-m", "pen", "-f", *args]
+        self.log_path = Path(os.environ.get("TMPDIR", "/tmp")) / f"pen-test-{os.getpid()}-{id(self)}.log"
+        self.log = open(self.log_path, "w+")
+        full_env = dict(os.environ, PYTHONPATH=str(ROOT), **(env or {}))
+        self.proc = subprocess.Popen(self.args, stdout=self.log, stderr=subprocess.STDOUT,
+                                     env=full_env, cwd=str(ROOT))
+        if wait is not None:
+            host, port = wait
+            wait_for(lambda: self.proc.poll() is not None or can_connect(host, port),
+                     what=f"pen to listen on {host}:{port}")
+            if self.proc.poll() is not None:
+                raise AssertionError(f"pen exited {self.proc.returncode}: {self.output()}")
+
+    def output(self) -> str:
+        self.log.flush()
+        return self.log_path.read_text()
+
+    def stop(self, sig=None) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig or 15)
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        self.log.close()
+        return self.proc.returncode
+
+
+def run_pen(*args: str, timeout: float = 10) -> subprocess.CompletedProcess:
+    """Run pen to completion (for bad-argument tests)."""
+    return subprocess.run([sys.executable, "-m", "pen", "-f", *args], capture_output=True,
+                          text=True, timeout=timeout, env=dict(os.environ, PYTHONPATH=str(ROOT)))
+
+
+class Backend:
+    """An HTTP/1.1 backend on loopback (keep-alive) that reports its name and what it saw.
+
+    GET /             -> JSON {"name", "peer", "xff", "proto"}
+    GET /bytes/N      -> N deterministic bytes
+    POST /sha256      -> JSON {"sha256", "length"} of the request body
+    """
+
+    def __init__(self, name: str, host: str = "127.0.0.1", port: int = 0) -> None:
+        self.name = name
+        self.requests: list[dict] = []
+        backend = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args):
+                pass
+
+            def _send(self, body: bytes, ctype="application/json"):
+                self.send_response(200)
+                self.send_header("Content-Type", ctype)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def do_GET(self):
+                seen = {"name": backend.name, "peer": self.client_address[0],
+                        "xff": self.headers.get_all("X-Forwarded-For"),
+                        "proto": self.headers.get("X-Forwarded-Proto"), "path": self.path}
+                backend.requests.append(seen)
+                if self.path.startswith("/bytes/"):
+                    return self._send(pattern(int(self.path[7:])), "application/octet-stream")
+                self._send(json.dumps(seen).encode())
+
+            def do_POST(self):
+                length = int(self.headers.get("Content-Length", 0))
+                if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
+                    body = read_chunked(self.rfile)
+                else:
+                    body = self.rfile.read(length)
+                backend.requests.append({"name": backend.name, "path": self.path,
+                                         "xff": self.headers.get_all("X-Forwarded-For")})
+                self._send(json.dumps({"sha256": hashlib.sha256(body).hexdigest(),
+                                       "length": len(body), "name": backend.name}).encode())
+
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        server_class = type("Server", (ThreadingHTTPServer,), {"address_family": family,
+                                                               "daemon_threads": True})
+        self.server = server_class((host, port), Handler)
+        self.host, self.port = host, self.server.server_address[1]
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    @property
+    def spec(self) -> str:
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def read_chunked(rfile) -> bytes:
+    body = b""
+    while True:
+        size = int(rfile.readline().split(b";")[0], 16)
+        if size == 0:
+            while rfile.readline() not in (b"\r\n", b"\n", b""):
+                pass
+            return body
+        body += rfile.read(size)
+        rfile.readline()
+
+
+def pattern(n: int) -> bytes:
+    """n deterministic pseudo-random bytes: a transfer that drops or reorders would show."""
+    return random.Random(n).randbytes(n)
+
+
+def curl(url: str, *extra: str, interface: str | None = None, timeout: float = 10) -> str:
+    cmd = ["curl", "-sS", "--max-time", str(timeout), *extra]
+    if interface:
+        cmd += ["--interface", interface]
+    result = subprocess.run(cmd + [url], capture_output=True, text=True, timeout=timeout + 5)
+    if result.returncode != 0:
+        raise AssertionError(f"curl {url} failed ({result.returncode}): {result.stderr.strip()}")
+    return result.stdout
+
+
+def curl_json(url: str, **kw) -> dict:
+    return json.loads(curl(url, **kw))

@@ -1,0 +1,132 @@
+"""The command language: answers in pen's formats, errors as one line, write round-trips."""
+
+import pytest
+
+from pen import cli, commands
+from pen.state import State
+
+
+def state_from(*argv):
+    state, _ = cli.parse(list(argv))
+    return state
+
+
+def ask(state, line):
+    return commands.answer(state, line)
+
+
+def test_answers_in_pens_formats():
+    state = state_from("8080", "127.0.0.1:81:10:20:2:1", "[::1]:82")
+    assert ask(state, "servers") == (
+        "0 addr 127.0.0.1 port 81 conn 0 max 10 hard 20 weight 2 prio 1 sx 0 rx 0\n"
+        "1 addr ::1 port 82 conn 0 max 0 hard 0 weight 0 prio 0 sx 0 rx 0\n")
+    assert ask(state, "mode") == "no hash no roundrobin no stubborn no weight no prio"
+    assert ask(state, "clients_max") == "2048"
+    assert ask(state, "conn_max") == "500"
+    assert ask(state, "blacklist") == "30"
+    assert ask(state, "timeout") == "3"
+    assert ask(state, "idle_timeout") == "Idle timeout: 0 seconds"
+    assert ask(state, "tarpit_acl") == "tarpit_acl = -1"
+    assert ask(state, "listen") == "0.0.0.0:8080"
+
+
+def test_options_become_commands():
+    state = state_from("-h", "-s", "-W", "-b", "5", "-x", "7", "-c", "9", "-T", "60", "-H",
+                       "8080", "127.0.0.1")
+    assert ask(state, "mode") == "hash no roundrobin stubborn weight no prio"
+    assert (state.blacklist_time, state.conn_max, state.clients.slots) == (5, 7, 9)
+    assert (state.tracking, state.http) == (60, True)
+
+
+def test_o_commands_run_after_the_servers_exist():
+    state = state_from("-O", "server 0 weight 7", "-O", "prio", "8080", "127.0.0.1")
+    assert state.servers[0].weight == 7 and state.prio
+
+
+def test_setters_and_modes():
+    state = State()
+    for line in ("hash", "roundrobin", "no hash", "blacklist 12", "tcp_fastclose both"):
+        assert ask(state, line) == ""
+    assert ask(state, "mode").startswith("no hash roundrobin")
+    assert ask(state, "blacklist") == "12"
+    assert ask(state, "tcp_fastclose") == "both"
+
+
+def test_server_command_changes_and_adds_servers():
+    state = state_from("8080", "127.0.0.1:81")
+    ask(state, "server 0 max 5 hard 6 weight 3 prio 2")
+    ask(state, "server 2 address 127.0.0.1 port 83")
+    lines = ask(state, "servers").splitlines()
+    assert lines[0].startswith("0 addr 127.0.0.1 port 81 conn 0 max 5 hard 6 weight 3 prio 2")
+    assert lines[1].startswith("1 addr 0.0.0.0 port 0")
+    assert lines[2].startswith("2 addr 127.0.0.1 port 83")
+
+
+def test_server_blacklist_seconds_and_clearing():
+    state = state_from("8080", "127.0.0.1:81")
+    ask(state, "server 0 blacklist 100")
+    assert state.servers[0].blacklist_until > 0
+    ask(state, "server 0 blacklist 0")
+    import time
+    assert not state.servers[0].blacklisted(time.time())
+
+
+@pytest.mark.parametrize("line, message", [
+    ("bogus", "do_cmd: ignoring command starting with 'bogus'"),
+    ("blacklist x", "blacklist: expected a number, got 'x'"),
+    ("server 0 colour red", "server: unknown field 'colour'"),
+    ("server x", "server: expected a number"),
+    ("acl 12 permit 1.2.3.4", "acl: acl number must be 0-9"),
+    ("tcp_fastclose sideways", "usage: tcp_fastclose up|down|both|off"),
+    ("exit", "exit: not allowed (start pen with -X)"),
+])
+def test_mistakes_answer_one_line(line, message):
+    reply = ask(State(), line)
+    assert reply.startswith(message) and reply.count("\n") == 1
+
+
+def test_nothing_changes_when_a_server_command_is_wrong():
+    state = state_from("8080", "127.0.0.1:81")
+    before = ask(state, "servers")
+    ask(state, "server 0 max 5 colour red")
+    assert ask(state, "servers") == before
+
+
+def test_write_reproduces_the_running_configuration(tmp_path):
+    state = state_from("-h", "-b", "9", "-e", "127.0.0.1:99", "-O", "acl 2 deny 10.0.0.0 255.0.0.0",
+                       "-O", "client_acl 2", "8080", "127.0.0.1:81:3:4:5:6", "[::1]:82")
+    target = tmp_path / "pen.cfg"
+    assert ask(state, f"write {target}") == ""
+    again = state_from("8080")
+    commands.run_file(again, str(target))
+    for query in ("servers", "mode", "blacklist", "client_acl", "emergency_server"):
+        assert ask(again, query) == ask(state, query), query
+    assert again.acls.commands() == state.acls.commands()
+
+
+def test_config_file_errors_name_file_and_line(tmp_path):
+    cfg = tmp_path / "bad.cfg"
+    cfg.write_text("# comment\nhash\nblacklist soon\n")
+    with pytest.raises(commands.CommandError, match=r"bad.cfg:3: blacklist: expected a number"):
+        commands.run_file(State(), str(cfg))
+
+
+def test_include_refuses_itself(tmp_path):
+    cfg = tmp_path / "loop.cfg"
+    cfg.write_text(f"include {cfg}\n")
+    with pytest.raises(commands.CommandError, match="included from itself"):
+        commands.run_file(State(), str(cfg))
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["-x", "abc", "80", "h"], "-x abc: conn_max: expected a number"),
+    (["-q", "0", "80", "h"], "-q: expected a number of at least 1"),
+    (["80", "[::1"], "[::1: unclosed '['"),
+    (["80", "h:1:a"], "bad soft limit"),
+    ([], "missing listen address"),
+    (["-O", "nonsense", "80", "127.0.0.1"], "-O nonsense: do_cmd: ignoring"),
+    (["-Y", "80"], "-Y: option -Y not recognized"),
+])
+def test_command_line_mistakes(argv, message):
+    with pytest.raises(cli.UsageError, match=message.replace("[", r"\[")):
+        cli.parse(argv)
