@@ -57,14 +57,15 @@ def parse_args(argv):
                         help="short runs (2 s loads, 200 MB download): about a minute")
     parser.add_argument("--only", choices=MODES, help="run only the tcp, udp or tls tests")
     parser.add_argument("--json", metavar="FILE", help="also write the results as JSON to FILE")
-    parser.add_argument("--rounds", type=int, help="interleaved rounds (default 2; median is taken)")
+    parser.add_argument("--rounds", type=int,
+                        help="interleaved rounds, median taken (default 3, --quick 2)")
     parser.add_argument("--seconds", type=int, help="duration of each wrk/dnsperf load")
     parser.add_argument("--bulk-mb", type=int, help="size of the download in MB (default 1000)")
     parser.add_argument("--ours-cmd", metavar="CMD",
                         help='command for "ours" instead of python3 -m pen (also PEN_BENCH_OURS)')
     parser.add_argument("--keep", action="store_true", help="keep the temp dir (configs, logs)")
     args = parser.parse_args(argv)
-    args.rounds = args.rounds or 2
+    args.rounds = args.rounds or (2 if args.quick else 3)
     args.seconds = args.seconds or (2 if args.quick else 5)
     args.bulk_mb = args.bulk_mb or (200 if args.quick else 1000)
     if args.rounds < 1 or args.seconds < 1 or args.bulk_mb < 1:
@@ -179,8 +180,11 @@ class Bench:
     def run(self):
         for round_no in range(1, self.args.rounds + 1):
             print("round %d of %d" % (round_no, self.args.rounds), flush=True)
+            # rotate the order each round so no balancer always runs first (or last)
+            shift = (round_no - 1) % len(self.balancers)
+            order = self.balancers[shift:] + self.balancers[:shift]
             for mode in self.modes:
-                for balancer in self.balancers:
+                for balancer in order:
                     self.run_mode(balancer, mode, round_no)
 
     # ---- summary ---------------------------------------------------------------------------
@@ -232,9 +236,12 @@ def ratio(summary, key, metric, other):
 def goal_cell(value, goal):
     if value is None:
         return "n/a"
+    shown = "%.2f" % value
     if goal is None:
-        return "%.2f" % value
-    return "%.2f %s (>=%.1f)" % (value, "ok" if value >= goal else "MISS", goal)
+        return shown
+    if value < goal and float(shown) >= goal:  # do not let rounding hide a miss
+        shown = "%.3f" % value
+    return "%s %s (>=%.1f)" % (shown, "ok" if value >= goal else "MISS", goal)
 
 
 def print_table(bench, summary):
