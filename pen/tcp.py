@@ -33,8 +33,8 @@ class Listener(StreamServer):
     def __init__(self, sock, balancer: "TcpBalancer") -> None:
         super().__init__(sock, balancer.handle)
         self.balancer = balancer
-        self.fd_pause = 0.0
-        self.fd_logged = False
+        self.fd_pauses = 0
+        self.fd_logged_at = -1e9
 
     def full(self) -> bool:
         state = self.balancer.state
@@ -42,21 +42,19 @@ class Listener(StreamServer):
 
     def do_read(self):
         try:
-            return super().do_read()
+            accepted = super().do_read()
         except OSError as e:
             if e.errno not in _OUT_OF_FDS:
                 raise
-            if not self.fd_logged:
+            self.fd_pauses += 1
+            now = time.monotonic()
+            if now - self.fd_logged_at > 60:          # once per episode, not once per accept
                 log.error("accept: %s; pausing accepts until connections close", e.strerror)
-                self.fd_logged = True
+                self.fd_logged_at = now
             self.stop_accepting()
-            self.fd_pause = time.monotonic()
             gevent.spawn_later(0.1, self._start_accepting_if_started)
             return None
-
-    def start_accepting(self):
-        self.fd_logged = False
-        super().start_accepting()
+        return accepted
 
     def resume(self) -> None:
         """A connection ended: accept again if -x had stopped us."""
@@ -108,6 +106,9 @@ class TcpBalancer:
             try:
                 return self.open_upstream(server, address), server
             except (OSError, gevent.Timeout) as e:
+                if getattr(e, "errno", None) in _OUT_OF_FDS:
+                    log.debug("no fd for an upstream socket: closing the client")
+                    return None                   # our shortage, not the server's fault
                 server.failures += 1
                 state.blacklist(server, time.time())
                 log.warning("server %s (%s) failed: %s; blacklisted for %ss", server.index,

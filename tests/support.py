@@ -50,13 +50,15 @@ def can_connect(host: str, port: int) -> bool:
 class Pen:
     """A `python -m pen -f ...` process; `args` is pen's command line after the options."""
 
-    def __init__(self, *args: str, wait: tuple | None = None, env: dict | None = None) -> None:
+    def __init__(self, *args: str, wait: tuple | None = None, env: dict | None = None,
+                 nofile: int | None = None) -> None:
         self.args = [sys.executable, "-m", "pen", "-f", *args]
         self.log_path = Path(os.environ.get("TMPDIR", "/tmp")) / f"pen-test-{os.getpid()}-{id(self)}.log"
         self.log = open(self.log_path, "w+")
         full_env = dict(os.environ, PYTHONPATH=str(ROOT), **(env or {}))
         self.proc = subprocess.Popen(self.args, stdout=self.log, stderr=subprocess.STDOUT,
-                                     env=full_env, cwd=str(ROOT))
+                                     env=full_env, cwd=str(ROOT),
+                                     preexec_fn=(lambda: _limit_fds(nofile)) if nofile else None)
         if wait is not None:
             host, port = wait
             wait_for(lambda: self.proc.poll() is not None or can_connect(host, port),
@@ -78,6 +80,11 @@ class Pen:
                 self.proc.wait(5)
         self.log.close()
         return self.proc.returncode
+
+
+def _limit_fds(n: int) -> None:
+    import resource
+    resource.setrlimit(resource.RLIMIT_NOFILE, (n, n))
 
 
 def run_pen(*args: str, timeout: float = 10) -> subprocess.CompletedProcess:

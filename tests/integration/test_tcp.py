@@ -1,0 +1,301 @@
+"""The TCP balancer through real sockets: curl as the client, HTTP backends on loopback.
+
+Client addresses 127.0.0.x are separate clients to pen (curl --interface).
+"""
+
+import hashlib
+import json
+import os
+import socket
+import threading
+import time
+
+import pytest
+
+from support import Backend, Pen, curl, curl_json, free_port, pattern, run_pen, wait_for
+
+
+def url(port, path="/", host="127.0.0.1"):
+    return f"http://{host}:{port}{path}"
+
+
+def test_tracking_keeps_a_client_and_a_new_client_goes_to_the_next(backends, start_pen):
+    pen, port = start_pen(servers=[b.spec for b in backends])
+    first = curl_json(url(port), interface="127.0.0.2")["name"]
+    assert [curl_json(url(port), interface="127.0.0.2")["name"] for _ in range(3)] == [first] * 3
+    other = curl_json(url(port), interface="127.0.0.3")["name"]
+    assert other != first
+    assert curl_json(url(port), interface="127.0.0.3")["name"] == other
+
+
+def test_roundrobin_alternates(backends, start_pen):
+    pen, port = start_pen("-r", servers=[b.spec for b in backends])
+    names = [curl_json(url(port), interface="127.0.0.2")["name"] for _ in range(4)]
+    assert names[0] != names[1] and names[:2] == names[2:]
+
+
+def test_dead_server_fails_over_without_client_errors_and_returns(start_pen):
+    live = Backend("live")
+    dead_port = free_port()
+    try:
+        pen, port = start_pen("-r", "-b", "2", servers=[f"127.0.0.1:{dead_port}", live.spec])
+        # Every request is answered even though server 0 refuses connections.
+        assert {curl_json(url(port))["name"] for _ in range(4)} == {"live"}
+        revived = Backend("revived", port=dead_port)
+        try:
+            # After the blacklist time (2 s) the server is used again.
+            wait_for(lambda: curl_json(url(port))["name"] == "revived", timeout=10,
+                     what="the revived server to be chosen again")
+        finally:
+            revived.stop()
+    finally:
+        live.stop()
+
+
+def test_emergency_server_when_all_servers_are_down(start_pen):
+    emergency = Backend("emergency")
+    try:
+        pen, port = start_pen("-e", emergency.spec,
+                              servers=[f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}"])
+        assert curl_json(url(port))["name"] == "emergency"
+    finally:
+        emergency.stop()
+
+
+def test_no_server_at_all_closes_the_client(start_pen):
+    pen, port = start_pen(servers=[f"127.0.0.1:{free_port()}"])
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+        assert s.recv(100) == b""
+
+
+def test_abuse_server_for_clients_the_acl_denies(backends, start_pen):
+    abuse = Backend("abuse")
+    try:
+        pen, port = start_pen("-B", abuse.spec, "-O", "acl 1 deny 127.0.0.66",
+                              "-O", "client_acl 1", servers=[b.spec for b in backends])
+        assert curl_json(url(port), interface="127.0.0.66")["name"] == "abuse"
+        assert curl_json(url(port), interface="127.0.0.67")["name"] in ("a", "b")
+    finally:
+        abuse.stop()
+
+
+def test_x_forwarded_for_on_every_keep_alive_request(backends, start_pen):
+    pen, port = start_pen("-H", servers=[backends[0].spec])
+    out = curl(url(port, "/1"), url(port, "/2"), "-H", "X-Forwarded-For: 198.51.100.1",
+               interface="127.0.0.5")
+    seen = [json.loads(line) for line in out.replace("}{", "}\n{").splitlines()]
+    assert [s["xff"] for s in seen] == [["198.51.100.1, 127.0.0.5"]] * 2
+    assert [s["proto"] for s in seen] == ["http", "http"]
+    # both requests came over one backend connection: the relay kept it alive
+    assert len({r["peer"] for r in backends[0].requests}) == 1
+    assert len(backends[0].requests) == 2
+
+
+def test_ipv6_client_to_ipv4_server_and_back(start_pen):
+    v4 = Backend("v4")
+    v6 = Backend("v6", host="::1")
+    try:
+        pen, port = start_pen(listen=f"[::1]:{free_port('::1')}", servers=[v4.spec])
+        assert curl_json(f"http://[::1]:{port}/")["name"] == "v4"
+        pen, port = start_pen("-H", servers=[v6.spec])
+        seen = curl_json(url(port), interface="127.0.0.9")
+        assert seen["name"] == "v6" and seen["peer"] == "::1" and seen["xff"] == ["127.0.0.9"]
+    finally:
+        v4.stop()
+        v6.stop()
+
+
+@pytest.mark.parametrize("http", [False, True], ids=["splice", "with -H"])
+def test_4mib_transfers_are_byte_exact_both_ways(backends, start_pen, tmp_path, http):
+    pen, port = start_pen(*(["-H"] if http else []), servers=[backends[0].spec])
+    size = 4 * 1024 * 1024
+    down = tmp_path / "down"
+    curl(url(port, f"/bytes/{size}"), "-o", str(down))
+    assert hashlib.sha256(down.read_bytes()).digest() == hashlib.sha256(pattern(size)).digest()
+    up = tmp_path / "up"
+    up.write_bytes(pattern(size + 7))
+    reply = json.loads(curl(url(port, "/sha256"), "--data-binary", f"@{up}"))
+    assert reply == {"sha256": hashlib.sha256(pattern(size + 7)).hexdigest(),
+                     "length": size + 7, "name": "a"}
+
+
+def test_chunked_upload_through_minus_h(backends, start_pen, tmp_path):
+    pen, port = start_pen("-H", servers=[backends[0].spec])
+    up = tmp_path / "up"
+    up.write_bytes(pattern(300_000))
+    out = curl(url(port, "/sha256"), "-H", "Transfer-Encoding: chunked",
+               "--data-binary", f"@{up}", url(port, "/after"))
+    reply, end = json.JSONDecoder().raw_decode(out)
+    assert json.loads(out[end:])["length"] == 300_000
+    assert reply["sha256"] == hashlib.sha256(pattern(300_000)).hexdigest()
+    assert [r["xff"] for r in backends[0].requests] == [["127.0.0.1"], ["127.0.0.1"]]
+
+
+class ReplyAfterEof:
+    """A raw TCP server that reads until the client half-closes, then answers."""
+
+    def __init__(self):
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.port = self.sock.getsockname()[1]
+        threading.Thread(target=self.serve, daemon=True).start()
+
+    def serve(self):
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            with conn:
+                data = b""
+                while chunk := conn.recv(65536):
+                    data += chunk
+                conn.sendall(b"got %d bytes" % len(data))
+
+
+def test_half_close_client_still_receives_the_reply(start_pen):
+    server = ReplyAfterEof()
+    pen, port = start_pen(servers=[f"127.0.0.1:{server.port}"])
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+        s.sendall(b"x" * 100_000)
+        s.shutdown(socket.SHUT_WR)
+        reply = b""
+        while chunk := s.recv(1000):
+            reply += chunk
+    assert reply == b"got 100000 bytes"
+    server.sock.close()
+
+
+def test_idle_timeout_closes_a_silent_client(backends, start_pen):
+    pen, port = start_pen("-O", "idle_timeout 1", servers=[backends[0].spec])
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+        started = time.monotonic()
+        assert s.recv(10) == b""
+        assert 0.9 <= time.monotonic() - started < 5
+
+
+def test_connection_limit_stops_accepting_until_one_ends(backends, start_pen):
+    pen, port = start_pen("-x", "1", servers=[backends[0].spec])
+    holder = socket.create_connection(("127.0.0.1", port), timeout=5)
+    wait_for(lambda: "conn 1" in curl_servers_via_usr1(pen), what="the first connection")
+    with pytest.raises(AssertionError, match="failed"):
+        curl(url(port), timeout=1)             # queued in the backlog, never served
+    holder.close()
+    assert curl_json(url(port))["name"] == "a"
+
+
+def curl_servers_via_usr1(pen: Pen) -> str:
+    """SIGUSR1 makes pen log its server table (the `servers` answer)."""
+    pen.proc.send_signal(10)
+    time.sleep(0.05)
+    return pen.output()
+
+
+def test_unix_socket_listener_and_unix_server(tmp_path, start_pen):
+    backend_path = tmp_path / "backend.sock"
+    server = socket.socket(socket.AF_UNIX)
+    server.bind(str(backend_path))
+    server.listen()
+
+    def echo_once():
+        conn, _ = server.accept()
+        with conn:
+            conn.sendall(b"unix:" + conn.recv(100))
+    threading.Thread(target=echo_once, daemon=True).start()
+    listen_path = tmp_path / "pen.sock"
+    pen = Pen(str(listen_path), str(backend_path))
+    try:
+        wait_for(listen_path.exists, what="the UNIX listener")
+        client = socket.socket(socket.AF_UNIX)
+        client.settimeout(5)
+        wait_for(lambda: client.connect_ex(str(listen_path)) == 0, what="connect")
+        client.sendall(b"hello")
+        assert client.recv(100) == b"unix:hello"
+        client.close()
+    finally:
+        pen.stop()
+        server.close()
+    assert not listen_path.exists()
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["-x", "abc", "80", "127.0.0.1"], "pen: -x abc: conn_max: expected a number, got 'abc'"),
+    (["80", "no-such-host.invalid"], "pen: no-such-host.invalid: cannot resolve"),
+    (["80", "127.0.0.1:1:x"], "pen: 127.0.0.1:1:x: bad soft limit"),
+    (["-Y", "80", "127.0.0.1"], "pen: -Y: option -Y not recognized"),
+])
+def test_bad_command_lines_exit_1_with_one_line(argv, message):
+    result = run_pen(*argv)
+    assert result.returncode == 1
+    assert result.stderr.startswith(message) and result.stderr.count("\n") == 1
+
+
+def test_listen_address_in_use_is_one_line(backends):
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        result = run_pen(f"127.0.0.1:{taken.getsockname()[1]}", backends[0].spec)
+    assert result.returncode == 1 and "cannot listen: Address already in use" in result.stderr
+
+
+def test_daemon_writes_and_removes_its_pid_file(backends, tmp_path):
+    import subprocess
+    import sys
+    pidfile = tmp_path / "pen.pid"
+    port = free_port()
+    from support import ROOT
+    subprocess.run([sys.executable, "-m", "pen", "-p", str(pidfile), f"127.0.0.1:{port}",
+                    backends[0].spec], check=True, timeout=10,
+                   env=dict(os.environ, PYTHONPATH=str(ROOT)))
+    pid = int(wait_for(lambda: pidfile.exists() and pidfile.read_text().strip(),
+                       what="the pid file"))
+    assert curl_json(url(port))["name"] == "a"
+    os.kill(pid, 15)
+    wait_for(lambda: not pidfile.exists(), what="the pid file to be removed")
+    wait_for(lambda: not os.path.exists(f"/proc/{pid}"), what="the daemon to exit")
+
+
+def test_sigterm_lets_a_connection_in_flight_finish(start_pen):
+    server = ReplyAfterEof()
+    pen, port = start_pen(servers=[f"127.0.0.1:{server.port}"])
+    s = socket.create_connection(("127.0.0.1", port), timeout=5)
+    s.sendall(b"abc")
+    wait_for(lambda: "conn 1" in curl_servers_via_usr1(pen), what="the connection")
+    pen.proc.send_signal(15)
+    wait_for(lambda: not _connectable(port), what="the listener to close")
+    s.shutdown(socket.SHUT_WR)
+    assert s.recv(100) == b"got 3 bytes"
+    s.close()
+    assert pen.proc.wait(15) == 0
+    server.sock.close()
+
+
+def _connectable(port):
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+        return True
+    except OSError:
+        return False
+
+
+def test_out_of_fds_pauses_accepting_and_recovers(backends, tmp_path):
+    """With a tiny fd limit, a burst of clients exhausts pen's fds: it must log once, keep
+    running, and serve again when the burst is gone."""
+    port = free_port()
+    pen = Pen("-x", "1000", f"127.0.0.1:{port}", backends[0].spec, wait=("127.0.0.1", port),
+              nofile=40)
+    try:
+        burst = [socket.create_connection(("127.0.0.1", port), timeout=5) for _ in range(60)]
+        wait_for(lambda: "pausing accepts" in pen.output(), what="the out-of-fds message")
+        for s in burst:
+            s.close()
+        wait_for(lambda: _served(port), what="pen to serve again")
+        assert pen.proc.poll() is None
+        assert pen.output().count("pausing accepts") == 1
+        assert "blacklisted" not in pen.output()
+    finally:
+        pen.stop()
+
+
+def _served(port):
+    try:
+        return curl_json(url(port), timeout=2)["name"] == "a"
+    except AssertionError:
+        return False
