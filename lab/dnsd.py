@@ -1,6 +1,6 @@
 """DNS backend (dnslib): answers A queries with its own address, TXT with its name."""
 
-from dnslib import QTYPE, RR, A, TXT
+from dnslib import QTYPE, RR, TXT, A
 from dnslib.server import BaseResolver, DNSServer
 
 

@@ -1,0 +1,300 @@
+"""The lab on docker: two internal networks, a pen box between them, backends, clients.
+
+client net  10.89.1.0/24: clients .21+ , pen box .10
+server net  10.89.2.0/24: pen box .10, servers .11+, emergency .99
+Servers route the client net back through the pen box (needed for transparent mode).
+Everything created carries the label pen-lab=1; `down` removes exactly that.
+"""
+
+import shlex
+import time
+from dataclasses import dataclass
+
+import docker
+import docker.errors
+
+from pen_lab import images
+from pen_lab.errors import LabError
+from pen_lab.pencmd import CONTROL_PORT, pen_argv, penctl_argv, shown
+from pen_lab.replies import parse_reply
+from pen_lab.seenlog import read_seen
+
+LABEL = images.LABEL
+NETWORKS = {"client": ("pen-lab-client", "10.89.1"), "server": ("pen-lab-server", "10.89.2")}
+PENBOX_HOST = "10"
+PEN_PID = "/run/pen-lab-pen.pid"
+PEN_LOG = "/tmp/pen.log"
+SEEN = "/srv/lab/seen.jsonl"
+
+
+@dataclass(frozen=True)
+class Topology:
+    name: str
+    servers: int
+    clients: int
+    about: str
+
+
+TOPOLOGIES = {
+    "classic": Topology("classic", 3, 3, "3 servers, an emergency server, 3 clients"),
+    "small": Topology("small", 2, 1, "2 servers, an emergency server, 1 client"),
+}
+
+
+def net_address(net, host):
+    return f"{NETWORKS[net][1]}.{host}"
+
+
+def plan(topology):
+    """(name, role, {net: address}) for every container of a topology."""
+    boxes = [("penbox", "penbox", {"client": net_address("client", PENBOX_HOST),
+                                   "server": net_address("server", PENBOX_HOST)})]
+    boxes += [(f"server{i}", "server", {"server": net_address("server", 10 + i)})
+              for i in range(1, topology.servers + 1)]
+    boxes.append(("emergency", "emergency", {"server": net_address("server", 99)}))
+    boxes += [(f"client{i}", "client", {"client": net_address("client", 20 + i)})
+              for i in range(1, topology.clients + 1)]
+    return boxes
+
+
+def connect(timeout=300):
+    try:
+        engine = docker.from_env(timeout=timeout)
+        engine.ping()
+        return engine
+    except docker.errors.DockerException as err:
+        raise LabError(f"no docker engine answers ({err}); try `pen-lab demo --local`") from None
+
+
+def down(engine, say):
+    """Remove every container and network carrying the lab's label, and nothing else."""
+    for box in engine.containers.list(all=True, filters={"label": LABEL}):
+        say(f"removing container {box.name}")
+        box.remove(force=True)
+    for net in engine.networks.list(filters={"label": LABEL}):
+        say(f"removing network {net.name}")
+        net.remove()
+
+
+def up(engine, say, topology="classic", pen="py", source=None, base=None):
+    if topology not in TOPOLOGIES:
+        raise LabError(f"--topology: unknown {topology!r} (known: {', '.join(TOPOLOGIES)})")
+    image = images.ensure_image(engine, say, source=source, base=base)
+    down(engine, lambda _: None)
+    try:
+        _create(engine, image, TOPOLOGIES[topology], say)
+        lab = DockerLab(engine, pen, say)
+        for name in lab.servers + [lab.emergency]:
+            lab.wait_serving(name)
+        return lab
+    except BaseException:
+        down(engine, say)
+        raise
+
+
+def _create(engine, image, topology, say):
+    for name, prefix in NETWORKS.values():
+        ipam = docker.types.IPAMConfig(pool_configs=[docker.types.IPAMPool(
+            subnet=f"{prefix}.0/24", gateway=f"{prefix}.1")])
+        say(f"network {name} {prefix}.0/24 (internal: no way out)")
+        try:
+            engine.networks.create(name, driver="bridge", internal=True, ipam=ipam,
+                                   labels={LABEL: "1"})
+        except docker.errors.APIError as err:
+            raise LabError(f"cannot create network {name}: {err.explanation}") from None
+    back_route = (f"ip route replace {NETWORKS['client'][1]}.0/24 "
+                  f"via {net_address('server', PENBOX_HOST)}")
+    for name, role, addresses in plan(topology):
+        if role in ("server", "emergency"):
+            ip = addresses["server"]
+            command = ["sh", "-c", f"{back_route} && exec python3 -m pen_lab.backend "
+                                   f"--name {name} --answer {ip}"]
+        else:
+            command = ["sleep", "infinity"]
+        first, *others = addresses.items()
+        box = engine.containers.create(
+            image, command, name=f"pen-lab-{name}", hostname=name, init=True,
+            labels={LABEL: "1", f"{LABEL}.role": role, f"{LABEL}.name": name,
+                    f"{LABEL}.topology": topology.name},
+            cap_add=["NET_ADMIN"] if role != "client" else [],
+            network=NETWORKS[first[0]][0],
+            networking_config={NETWORKS[first[0]][0]:
+                               engine.api.create_endpoint_config(ipv4_address=first[1])})
+        for net, ip in others:
+            engine.networks.get(NETWORKS[net][0]).connect(box, ipv4_address=ip)
+        box.start()
+        say(f"container {name:10} {role:9} " + " ".join(addresses.values()))
+
+
+def status(engine):
+    lines = []
+    for net in engine.networks.list(filters={"label": LABEL}):
+        subnet = net.attrs["IPAM"]["Config"][0]["Subnet"]
+        lines.append(f"network   {net.name:18} {subnet:15} internal={net.attrs['Internal']}")
+    for box in sorted(engine.containers.list(all=True, filters={"label": LABEL}),
+                      key=lambda b: b.name):
+        nets = box.attrs["NetworkSettings"]["Networks"]
+        ips = " ".join(n["IPAddress"] for n in nets.values() if n["IPAddress"])
+        lines.append(f"container {box.name:18} {box.status:10} {ips}")
+    return lines or ["the lab is down (nothing labelled pen-lab=1)"]
+
+
+class DockerLab:
+    """The running lab, as the scenarios drive it."""
+
+    kind = "docker"
+
+    def __init__(self, engine, pen, say):
+        self.engine = engine
+        self.pen = pen
+        self.say = say
+        boxes = engine.containers.list(all=True, filters={"label": LABEL})
+        self.boxes = {b.labels[f"{LABEL}.name"]: b for b in boxes}
+        if "penbox" not in self.boxes:
+            raise LabError("the lab is not up: run `pen-lab up` first")
+        roles = {name: b.labels[f"{LABEL}.role"] for name, b in self.boxes.items()}
+        topology = TOPOLOGIES[self.boxes["penbox"].labels[f"{LABEL}.topology"]]
+        self.planned = {name: addresses for name, _, addresses in plan(topology)}
+        self.servers = sorted(n for n, r in roles.items() if r == "server")
+        self.clients = sorted(n for n, r in roles.items() if r == "client")
+        self.emergency = "emergency"
+        self.pen_address = net_address("client", PENBOX_HOST)
+        self.pen_server_side = net_address("server", PENBOX_HOST)
+        self.ports = {"http": 80, "https": 443, "dns": 53, "tftp": 69, "smtp": 25}
+
+    # -- addresses -------------------------------------------------------------
+    def address(self, name):
+        """A box's address on the server net (clients: on the client net)."""
+        addresses = self.planned[name]
+        return addresses.get("server") or addresses["client"]
+
+    def server_spec(self, name, service="http"):
+        return f"{self.address(name)}:{self.ports[service]}"
+
+    # -- running commands ------------------------------------------------------
+    def run(self, name, script, timeout=30):
+        """Run a shell script in a container, bounded in time: (exit code, output)."""
+        argv = ["timeout", str(int(timeout)), "sh", "-c", script]
+        result = self.boxes[name].exec_run(argv)
+        return result.exit_code, result.output.decode(errors="replace")
+
+    def wait_for(self, what, check, timeout=15, interval=0.2):
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if check():
+                return
+            time.sleep(interval)
+        raise LabError(f"timed out after {timeout}s waiting for {what}")
+
+    def wait_serving(self, name):
+        self.wait_for(f"{name} to serve HTTP",
+                      lambda: self.run(name, "ss -Hltn 'sport = :80'", 5)[1].strip())
+
+    # -- the balancer ----------------------------------------------------------
+    def start_pen(self, options, servers, service="http", emergency=None):
+        """Start pen in the pen box (stopping the previous one); return its command line."""
+        self.stop_pen()
+        if emergency:
+            options = [*options, "-e", emergency]
+        argv = pen_argv(self.pen, options, str(self.ports[service]), servers, as_root=True)
+        script = f"echo $$ > {PEN_PID}; exec {shlex.join(argv)} > {PEN_LOG} 2>&1"
+        self.boxes["penbox"].exec_run(["sh", "-c", script], detach=True)
+        udp = "-U" in options
+        probe = (f"ss -Hln{'u' if udp else 't'} 'sport = :{self.ports[service]}'; "
+                 f"ss -Hltn 'sport = :{CONTROL_PORT}'")
+
+        def ready():
+            code, out = self.run("penbox", f"kill -0 $(cat {PEN_PID}) && {{ {probe}; }}", 5)
+            if code != 0:
+                raise LabError(f"pen exited at start: {shown(argv)}\n{self.pen_log()}")
+            return len(out.strip().splitlines()) >= 2
+
+        self.wait_for("pen to listen", ready)
+        return shown(argv)
+
+    def pen_log(self):
+        return self.run("penbox", f"tail -n 20 {PEN_LOG}", 5)[1]
+
+    def stop_pen(self):
+        stop = (f"[ -f {PEN_PID} ] || exit 0; pid=$(cat {PEN_PID}); kill $pid 2>/dev/null; "
+                f"for i in $(seq 50); do kill -0 $pid 2>/dev/null || exit 0; sleep 0.1; done; "
+                f"kill -9 $pid")
+        self.run("penbox", stop, 10)
+        self.run("penbox", f"rm -f {PEN_PID}", 5)
+
+    def penctl(self, *words, client=None):
+        """penctl from the pen box itself (allowed) or from a client container (refused)."""
+        where = client or "penbox"
+        target = f"{'127.0.0.1' if client is None else self.pen_address}:{CONTROL_PORT}"
+        argv = penctl_argv(self.pen, target, words)
+        code, out = self.run(where, shlex.join(argv) + " 2>&1", 10)
+        return shown(argv), code, out
+
+    # -- clients ---------------------------------------------------------------
+    def http(self, client, count=1, interval=0.0, path="/", headers=(), scheme="http",
+             timeout=2):
+        """count curl requests from a client container; one Reply each, timestamped."""
+        port = self.ports["https" if scheme == "https" else "http"]
+        curl = ["curl", "-sS", "-k", "-m", str(timeout)]
+        for header in headers:
+            curl += ["-H", header]
+        curl.append(f"{scheme}://{self.pen_address}:{port}{path}")
+        script = (f"for i in $(seq {count}); do t=$(date +%s.%N); "
+                  f"r=$({shlex.join(curl)} 2>&1) || r=\"ERROR $r\"; echo \"$t $r\"; "
+                  f"sleep {interval}; done")
+        _, out = self.run(client, script, count * (timeout + interval + 1) + 5)
+        replies = []
+        for line in out.splitlines():
+            t, _, text = line.partition(" ")
+            try:
+                replies.append(parse_reply(float(t), text, client))
+            except ValueError:
+                continue
+        return replies
+
+    def client_address(self, client):
+        return self.address(client)
+
+    # -- what the servers saw --------------------------------------------------
+    def seen(self, name):
+        code, out = self.run(name, f"cat {SEEN} 2>/dev/null", 10)
+        return read_seen(out)
+
+    def clear_seen(self):
+        for name in self.servers + [self.emergency]:
+            if self._running(name):
+                self.run(name, f": > {SEEN}", 5)
+
+    def _running(self, name):
+        self.boxes[name].reload()
+        return self.boxes[name].status == "running"
+
+    # -- breaking and mending servers ------------------------------------------
+    def break_server(self, name, how):
+        box = self.boxes[name]
+        if how == "stop":
+            box.stop(timeout=2)
+        elif how == "kill":
+            box.kill()
+            self.wait_for(f"{name} to die", lambda: not self._running(name))
+        elif how == "pause":
+            box.pause()
+        elif how == "disconnect":
+            self.engine.networks.get(NETWORKS["server"][0]).disconnect(box)
+        else:
+            raise LabError(f"unknown way to break a server: {how!r}")
+
+    def mend_server(self, name, how):
+        box = self.boxes[name]
+        if how in ("stop", "kill"):
+            box.start()
+            self.wait_serving(name)
+        elif how == "pause":
+            box.unpause()
+        elif how == "disconnect":
+            self.engine.networks.get(NETWORKS["server"][0]).connect(
+                box, ipv4_address=self.planned[name]["server"])
+            # the route back through the pen box went away with the interface
+            self.run(name, f"ip route replace {NETWORKS['client'][1]}.0/24 "
+                           f"via {self.pen_server_side}", 5)
+
