@@ -29,7 +29,6 @@ COMMANDS: dict[str, Handler] = {}      # "name" and "no name" -> handler
 # Features a later module brings; their commands answer this until then.
 NOT_YET: dict[str, str] = {
     "dsr_if": "direct server return",
-    "transparent": "transparent proxying",
     "ssl_ciphers": "TLS", "ssl_option": "TLS", "ssl_sni_path": "TLS",
     "ssl_client_renegotiation_interval": "TLS", "ssl_ocsp_response": "TLS",
     "ssl_backend": "TLS",

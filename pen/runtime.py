@@ -17,7 +17,7 @@ import gevent
 from gevent import socket as gsocket
 from gevent.event import Event
 
-from . import commands, daemon
+from . import commands, daemon, transparent
 from .addr import AddressError, Endpoint, resolve
 from .cli import Options, UsageError
 from .state import State
@@ -96,8 +96,9 @@ class Runtime:
         self.balancer = TcpBalancer(state, gsocket.socket(fileno=listen_sock.detach()),
                                     self.conn_log.write)
         self.balancer.listener.max_accept = self.opts.multi_accept
-        if state.source:
-            self.balancer.connect_hooks.append(bind_source(state))
+        check_transparent(state)
+        # both read the state on every connect: `transparent` and `source` may change live
+        self.balancer.connect_hooks += [transparent.connect_hook(state), bind_source(state)]
         gevent.signal_handler(signal.SIGTERM, self.shutdown)
         gevent.signal_handler(signal.SIGINT, self.shutdown)
         gevent.signal_handler(signal.SIGHUP, self.reload)
@@ -134,6 +135,15 @@ class Runtime:
             log.warning("%s", line)
 
 
+def check_transparent(state: State) -> None:
+    """-O transparent without the capability: one line naming it, exit 1."""
+    if state.transparent:
+        try:
+            transparent.check()
+        except transparent.TransparentError as e:
+            raise UsageError(e.strerror) from None
+
+
 def bind_source(state: State):
     """`source IP`: connect to the servers from a fixed local address."""
     def hook(sock, server, client_address):
@@ -149,6 +159,7 @@ def run(state: State, opts: Options) -> int:
     daemon.setup_logging(state.debug, opts.foreground)
     user = daemon.lookup_user(opts.user) if opts.user else None
     listen_sock = bind(state.listen, backlog=opts.backlog)
+    check_transparent(state)                  # before daemonizing, while stderr is the user's
     if not opts.foreground:
         daemon.daemonize()
         gevent.reinit()
