@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import itertools
 import time
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -33,6 +33,8 @@ class Server:
     sx: int = 0                          # bytes sent to the server
     rx: int = 0                          # bytes received from the server
     failures: int = 0                    # connects that failed
+    dgrams_sx: int = 0                   # UDP datagrams sent to the server
+    dgrams_rx: int = 0                   # UDP datagrams received from the server
 
     @property
     def address(self) -> str:
@@ -193,6 +195,7 @@ class State:
         self.udp = False
         # live
         self.connections: dict[int, Connection] = {}
+        self.counters: Counter[str] = Counter()   # events the I/O layer counts (udp_stray...)
         self._ids = itertools.count()
         self.runtime: Any = None      # the I/O layer's hooks (tcp.Balancer); None in pure tests
         self.started = time.time()
