@@ -298,3 +298,69 @@ class DockerLab:
             self.run(name, f"ip route replace {NETWORKS['client'][1]}.0/24 "
                            f"via {self.pen_server_side}", 5)
 
+
+    # -- docker-only helpers for the UDP, TLS, SMTP and transparent scenarios ----
+    def transparent_setup(self):
+        """pen-reference's DIVERT rules in the pen box (idempotent); return them for narration."""
+        bridge_nf = "/proc/sys/net/bridge/bridge-nf-call-iptables"
+        try:
+            with open(bridge_nf) as flag:
+                if flag.read().strip() != "0":
+                    raise LabError(f"transparent mode needs `sysctl -w net.bridge.bridge-nf-call-"
+                                   f"iptables=0` on the host ({bridge_nf} is 1)")
+        except FileNotFoundError:
+            pass  # br_netfilter not loaded: bridged frames skip iptables anyway
+        commands = ["iptables -t mangle -N DIVERT",
+                    "iptables -t mangle -A PREROUTING -p tcp -m socket -j DIVERT",
+                    "iptables -t mangle -A DIVERT -j MARK --set-mark 1",
+                    "iptables -t mangle -A DIVERT -j ACCEPT",
+                    "ip rule add fwmark 1 lookup 100",
+                    "ip route add local 0.0.0.0/0 dev lo table 100"]
+        code, _ = self.run("penbox", "iptables -t mangle -L DIVERT -n >/dev/null 2>&1", 5)
+        if code != 0:
+            code, out = self.run("penbox", " && ".join(commands), 10)
+            if code != 0:
+                raise LabError(f"transparent setup failed in the pen box: {out.strip()}")
+        return commands
+
+    def make_certificate(self):
+        cert, key = "/tmp/lab-cert.pem", "/tmp/lab-key.pem"
+        code, out = self.run("penbox", f"[ -s {cert} ] || openssl req -x509 -newkey rsa:2048 "
+                                       f"-nodes -days 2 -subj /CN=pen.lab -keyout {key} "
+                                       f"-out {cert} 2>&1", 30)
+        if code != 0:
+            raise LabError(f"openssl failed in the pen box: {out.strip()}")
+        return cert, key
+
+    def dig(self, client, name, qtype):
+        argv = ["dig", "+short", "+tries=1", "+time=2", f"@{self.pen_address}", name, qtype]
+        return shlex.join(argv), self.run(client, shlex.join(argv), 10)[1]
+
+    def tftp_get(self, client, name):
+        get = f"tftp -m binary {self.pen_address} -c get {name} /tmp/got.bin"
+        _, out = self.run(client, f"rm -f /tmp/got.bin; timeout 10 {get} >/dev/null 2>&1; "
+                                  f"sha256sum /tmp/got.bin 2>/dev/null", 15)
+        return get, out.split(" ")[0].strip()
+
+    def tftp_put(self, client):
+        name = f"put-{time.time_ns()}.bin"
+        put = f"tftp -m binary {self.pen_address} -c put /tmp/put.bin {name}"
+        _, out = self.run(client, f"head -c 50000 /dev/urandom > /tmp/put.bin; "
+                                  f"timeout 10 {put} >/dev/null 2>&1; sha256sum /tmp/put.bin", 15)
+        return put, name, out.split(" ")[0].strip()
+
+    def upload_digest(self, server, name):
+        _, out = self.run(server, f"sha256sum /srv/lab/tftp/uploads/{name} 2>/dev/null", 5)
+        return out.split(" ")[0].strip() or None
+
+    def send_mail(self, client, subject):
+        argv = ["swaks", "--server", f"{self.pen_address}:25", "--from", f"{client}@lab",
+                "--to", "learner@lab", "--header", f"Subject: {subject}",
+                "--body", "sent through pen", "--timeout", "5"]
+        code, out = self.run(client, shlex.join(argv) + " 2>&1", 15)
+        return shlex.join(argv), code, out
+
+    def mail_with_subject(self, server, subject):
+        _, out = self.run(server, f"grep -l -r -F {shlex.quote('Subject: ' + subject)} "
+                                  f"/srv/lab/maildir/new | head -n1 | xargs -r cat", 5)
+        return out

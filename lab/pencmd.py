@@ -21,13 +21,14 @@ def check_kind(kind):
     return kind
 
 
-def pen_argv(kind, options, listen, servers, control_host="", as_root=False, python=None):
-    """pen [options] -f -C ... LISTEN SERVER...; the control port only answers localhost."""
+def pen_argv(kind, options, listen, servers, control=str(CONTROL_PORT), as_root=False,
+             python=None):
+    """pen [options] -f -C CONTROL ... LISTEN SERVER...; control only answers 127.0.0.1."""
     argv = list(PENS[kind])
     if python and kind == "py":
         argv[0] = python
     argv += list(options)
-    argv += ["-f", "-C", f"{control_host}:{CONTROL_PORT}" if control_host else str(CONTROL_PORT),
+    argv += ["-f", "-C", control,
              "-O", f"acl {CONTROL_ACL} permit 127.0.0.1", "-O", f"control_acl {CONTROL_ACL}"]
     if as_root:
         argv += ["-u", "root"]  # pen refuses a control port as root without -u

@@ -1,0 +1,115 @@
+"""pen-lab: build, run and narrate the lab.  `pen-lab demo --local` needs neither docker nor root."""
+
+import argparse
+import sys
+import time
+
+from pen_lab.errors import LabError
+from pen_lab.pencmd import check_kind
+from pen_lab.scenarios import LOCAL_TOUR, SCENARIOS, TOUR, run_scenario
+from pen_lab.story import Story
+
+
+def parse_args(argv):
+    parser = argparse.ArgumentParser(prog="pen-lab", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    def command(name, help_text, pen=False, images=False):
+        sub = commands.add_parser(name, help=help_text, description=help_text)
+        if pen:
+            sub.add_argument("--pen", default="py", help="balancer: py (ours, default) or c")
+        if images:
+            sub.add_argument("--source", help="pen-lb source tree to build from [cwd]")
+            sub.add_argument("--base", help="use this local image as the Debian base")
+        return sub
+
+    command("build", "build the lab images (offline; cached by source hash)", images=True)
+    up = command("up", "create the lab's networks and containers", images=True)
+    up.add_argument("--topology", default="classic")
+    command("status", "show the lab's networks and containers")
+    command("down", "remove everything the lab created (label pen-lab=1)")
+    command("list", "list the scenarios")
+    scenario = command("scenario", "run one scenario and narrate it", pen=True, images=True)
+    scenario.add_argument("name")
+    scenario.add_argument("--local", action="store_true", help="on loopback, without docker")
+    demo = command("demo", "run the tour of scenarios", pen=True, images=True)
+    demo.add_argument("--local", action="store_true", help="on loopback, without docker")
+    demo.add_argument("--report", metavar="FILE.html", help="also write an HTML timeline")
+    return parser.parse_args(argv)
+
+
+def run_on_lab(args, names, story):
+    """Run scenarios on the local lab, or on docker (bringing the lab up if it is down)."""
+    if args.local:
+        from pen_lab.local_lab import LocalLab
+        lab = LocalLab(args.pen, story.say)
+        try:
+            for name in names:
+                run_scenario(name, lab, story)
+        finally:
+            lab.close()
+        return
+    from pen_lab import docker_lab
+    engine = docker_lab.connect()
+    started = not engine.containers.list(all=True, filters={"label": docker_lab.LABEL})
+    if started:
+        story.out("the lab is down: bringing it up for this run")
+        lab = docker_lab.up(engine, story.say, pen=args.pen, source=args.source, base=args.base)
+    else:
+        lab = docker_lab.DockerLab(engine, args.pen, story.say)
+    try:
+        for name in names:
+            run_scenario(name, lab, story)
+    finally:
+        if started:
+            docker_lab.down(engine, lambda _: None)
+
+
+def main(argv=None):
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    story = Story()
+    try:
+        if hasattr(args, "pen"):
+            check_kind(args.pen)
+        if args.command == "list":
+            for scenario in SCENARIOS.values():
+                where = "docker, local" if scenario.local else "docker"
+                print(f"{scenario.name:20} {scenario.title}  [{where}]")
+        elif args.command == "scenario":
+            run_on_lab(args, [args.name], story)
+        elif args.command == "demo":
+            began = time.monotonic()
+            run_on_lab(args, LOCAL_TOUR if args.local else TOUR, story)
+            print(f"\ndemo done in {time.monotonic() - began:.1f}s")
+            if args.report:
+                from pen_lab import report
+                report.write(args.report, story.timelines)
+                print(f"report written to {args.report}")
+        else:
+            from pen_lab import docker_lab, images
+            engine = docker_lab.connect()
+            if args.command == "build":
+                began = time.monotonic()
+                tag = images.ensure_image(engine, print, source=args.source, base=args.base)
+                print(f"{tag} ready in {time.monotonic() - began:.1f}s")
+            elif args.command == "up":
+                docker_lab.up(engine, print, topology=args.topology, source=args.source,
+                              base=args.base)
+                print("the lab is up: try `pen-lab scenario tracking`, then `pen-lab down`")
+            elif args.command == "status":
+                print("\n".join(docker_lab.status(engine)))
+            elif args.command == "down":
+                docker_lab.down(engine, print)
+    except LabError as err:
+        print(f"pen-lab: {err}", file=sys.stderr)
+        return 2
+    except AssertionError as err:
+        print(f"pen-lab: FAIL {story.scenario}: {err}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
