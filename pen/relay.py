@@ -14,10 +14,13 @@ import socket
 import sys
 import time
 
+from gevent import socket as gsocket
+
 BUFSIZE = 64 * 1024
 BULK = 256 * 1024
 SPLICE = sys.platform.startswith("linux") and hasattr(os, "splice")
 _SPLICE_FLAGS = getattr(os, "SPLICE_F_MOVE", 1) | getattr(os, "SPLICE_F_NONBLOCK", 2)
+_PLAIN = (socket.socket, gsocket.socket)
 _GONE = (errno.ECONNRESET, errno.EPIPE, errno.ENOTCONN, errno.EBADF, errno.ETIMEDOUT)
 
 
@@ -43,6 +46,7 @@ def pump(src, dst, flow: Flow, count, transform=None) -> None:
     """Move bytes src -> dst until src ends; count(n) is told of every chunk.
     Returns on EOF; raises Idle or OSError when the connection should be torn down."""
     sent = 0
+    splice = SPLICE and transform is None and plain(src) and plain(dst)
     src.settimeout(flow.idle)
     dst.settimeout(flow.idle)
     while True:
@@ -63,8 +67,26 @@ def pump(src, dst, flow: Flow, count, transform=None) -> None:
         if data:
             dst.sendall(data)
         sent += len(data)
-        if SPLICE and transform is None and sent >= BULK:
+        if splice and sent >= BULK:
             return splice_pump(src, dst, flow, count)
+
+
+def plain(sock) -> bool:
+    """A bare kernel socket: what its fd carries is the stream itself. A layer in user space
+    (TLS) is not, and splice(2) would move its raw records past it."""
+    return type(sock) in _PLAIN
+
+
+def end_writes(sock) -> bool:
+    """Half-close: tell sock's peer no more bytes come. False when the stream cannot
+    (TLS has no half-close: its socket must be closed, which says close_notify)."""
+    if not plain(sock):
+        return False
+    try:
+        sock.shutdown(socket.SHUT_WR)
+    except OSError:
+        pass
+    return True
 
 
 def splice_pump(src, dst, flow: Flow, count) -> None:

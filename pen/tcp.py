@@ -82,6 +82,15 @@ class TcpBalancer:
         self.log_line = log_line or (lambda text: None)
         self.connect_hooks = []          # fn(sock, server, client_address): transparent, source
 
+    # Layers over the byte streams (tls.TlsBalancer: TLS towards clients and/or servers).
+    def wrap_client(self, client, address):
+        """The stream to relay from the accepted socket, or None to drop the connection."""
+        return client
+
+    def wrap_upstream(self, sock, server: Server):
+        """The stream to relay to a connected server socket; raise OSError on failure."""
+        return sock
+
     # connecting ------------------------------------------------------------------------
 
     def open_upstream(self, server: Server, address):
@@ -92,6 +101,7 @@ class TcpBalancer:
                 hook(sock, server, address)
             sock.settimeout(self.state.timeout)
             sock.connect(endpoint.sockaddr)
+            sock = self.wrap_upstream(sock, server)
         except BaseException:
             sock.close()
             raise
@@ -124,6 +134,9 @@ class TcpBalancer:
         upstream_box = []
         conn.close = lambda: _close(client, upstream_box)
         try:
+            client = self.wrap_client(client, address)
+            if client is None:
+                return
             ip = client_ip(address)
             found = self.connect(ip, address)
             if found is None:
@@ -190,13 +203,8 @@ class TcpBalancer:
                 log.info("relay: %s", e)
             _close(src, [dst])
             return
-        if fastclose:
+        if fastclose or not relay.end_writes(dst):
             _close(src, [dst])
-            return
-        try:
-            dst.shutdown(socket.SHUT_WR)
-        except OSError:
-            pass
 
 
 class _FirstLine:
