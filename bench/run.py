@@ -65,9 +65,12 @@ def parse_args(argv):
                         help='command for "ours" instead of python3 -m pen (also PEN_BENCH_OURS)')
     parser.add_argument("--keep", action="store_true", help="keep the temp dir (configs, logs)")
     args = parser.parse_args(argv)
-    args.rounds = args.rounds or (2 if args.quick else 3)
-    args.seconds = args.seconds or (2 if args.quick else 5)
-    args.bulk_mb = args.bulk_mb or (200 if args.quick else 1000)
+    if args.rounds is None:
+        args.rounds = 2 if args.quick else 3
+    if args.seconds is None:
+        args.seconds = 2 if args.quick else 5
+    if args.bulk_mb is None:
+        args.bulk_mb = 200 if args.quick else 1000
     if args.rounds < 1 or args.seconds < 1 or args.bulk_mb < 1:
         parser.error("--rounds, --seconds and --bulk-mb must be positive")
     return args
@@ -292,6 +295,7 @@ def main(argv=None):
     bench_modes = [args.only] if args.only else MODES
     check_tools(bench_modes)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit("bench/run.py: terminated"))
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # even when started with INT ignored
     tmp = tempfile.mkdtemp(prefix="pen-bench-")
     started = time.monotonic()
     bench = Bench(args, tmp)
