@@ -27,9 +27,9 @@ FLAGS = {"-h": ["hash"], "-N": ["hash", "roundrobin"], "-r": ["roundrobin"],
 IGNORED = {"-D", "-P", "-Q", "-n", "-S"}
 
 # Options a later module brings: rejected with a clear message until it lands.
-NOT_YET = {"-C": "the control port", "-F": "config files", "-w": "the status page",
-           "-U": "UDP", "-E": "TLS", "-K": "TLS", "-G": "TLS", "-A": "TLS", "-R": "TLS",
-           "-L": "TLS", "-Z": "TLS"}
+NOT_YET = {"-C": "the control port", "-F": "config files", "-w": "the status page"}
+# TLS files and flags: command-line only, as in pen (tls.py reads them from the State).
+TLS_FILES = {"-E": "ssl_cert", "-K": "ssl_key", "-G": "ssl_ca_file", "-A": "ssl_ca_dir"}
 
 USAGE = """usage: pen [options] [host:]port|/path/to/socket server [server ...]
        server = host[:port[:soft[:hard[:weight[:prio]]]]] | [ipv6]:port... | /path
@@ -92,6 +92,19 @@ def parse(argv: list[str]) -> tuple[State, Options]:
             settings += [(origin, name) for name in FLAGS[opt]]
         elif opt in ("-O", "-o"):
             later.append((origin, value))
+        elif opt in TLS_FILES:
+            setattr(state, TLS_FILES[opt], value)
+        elif opt == "-R":
+            state.ssl_require_client = True
+        elif opt == "-Z":
+            state.ssl_compat = True
+        elif opt == "-L":
+            from .tls import TlsError, protocol_minimum
+            try:
+                protocol_minimum(value)
+            except TlsError as e:
+                raise UsageError(str(e)) from None
+            state.ssl_protocol = value.lower()
         elif opt == "-d":
             state.debug += 1
         elif opt == "-f":

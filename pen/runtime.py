@@ -6,6 +6,7 @@ the I/O layer (listen, exit, status, log).
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import signal
@@ -17,7 +18,7 @@ import gevent
 from gevent import socket as gsocket
 from gevent.event import Event
 
-from . import commands, daemon, transparent
+from . import commands, daemon, tls, transparent, udp
 from .addr import AddressError, Endpoint, resolve
 from .cli import Options, UsageError
 from .state import State
@@ -61,6 +62,7 @@ class Runtime:
         self.stopping = Event()
         self.conn_log = daemon.ConnectionLog()
         self.balancer = None
+        self.tls = None           # tls.Contexts, built by run() before daemonizing
 
     # hooks for the command language -------------------------------------------------
 
@@ -73,9 +75,12 @@ class Runtime:
     def relisten(self, endpoint: Endpoint) -> None:
         """`listen ADDR`: open the new listener first, then close the old one."""
         try:
-            sock = bind(endpoint, backlog=self.opts.backlog)
+            sock = bind(endpoint, socktype(self.state), backlog=self.opts.backlog)
         except (UsageError, AddressError) as e:
             raise commands.CommandError(f"listen: {e}") from None
+        if self.state.udp:
+            self.balancer.relisten(gsocket.socket(fileno=sock.detach()))
+            return
         old = self.balancer.listener
         self.balancer.listener = Listener(gsocket.socket(fileno=sock.detach()), self.balancer)
         self.balancer.listener.max_accept = self.opts.multi_accept
@@ -93,8 +98,11 @@ class Runtime:
     def serve(self, listen_sock) -> int:
         state = self.state
         self.open_log()
-        self.balancer = TcpBalancer(state, gsocket.socket(fileno=listen_sock.detach()),
-                                    self.conn_log.write)
+        balancer = udp.UdpBalancer if state.udp else TcpBalancer
+        if self.tls is not None:                  # -E / ssl_backend: the TLS front end
+            balancer = functools.partial(tls.TlsBalancer, contexts=self.tls)
+        self.balancer = balancer(state, gsocket.socket(fileno=listen_sock.detach()),
+                                 self.conn_log.write)
         self.balancer.listener.max_accept = self.opts.multi_accept
         check_transparent(state)
         # both read the state on every connect: `transparent` and `source` may change live
@@ -129,6 +137,21 @@ class Runtime:
             self.open_log()
         except commands.CommandError as e:
             log.error("%s", e)
+        try:
+            self.reload_tls()
+        except commands.CommandError as e:
+            log.error("%s", e)
+
+    def reload_tls(self) -> None:
+        """Certificates, keys and ssl_* settings again (SIGHUP, ssl_* commands): new
+        handshakes use them, established sessions go on; on error the old ones stay."""
+        if not isinstance(self.balancer, tls.TlsBalancer):
+            return
+        try:
+            self.balancer.reload()
+        except tls.TlsError as e:
+            raise commands.CommandError(f"{e} (the previous certificates stay in service)") from None
+        log.info("TLS: certificates and settings reloaded")
 
     def report(self) -> None:
         for line in commands.answer(self.state, "servers").splitlines():
@@ -142,6 +165,22 @@ def check_transparent(state: State) -> None:
             transparent.check()
         except transparent.TransparentError as e:
             raise UsageError(e.strerror) from None
+
+
+def socktype(state: State) -> int:
+    return socket.SOCK_DGRAM if state.udp else socket.SOCK_STREAM
+
+
+def tls_contexts(state: State):
+    """-E / ssl_backend: the SSL contexts, or None; a bad certificate is a usage error."""
+    if not tls.wanted(state):
+        return None
+    if state.udp:
+        raise UsageError("-E/ssl_backend: TLS needs TCP; it cannot be used with -U")
+    try:
+        return tls.Contexts(state)
+    except tls.TlsError as e:
+        raise UsageError(str(e)) from None
 
 
 def bind_source(state: State):
@@ -158,8 +197,11 @@ def run(state: State, opts: Options) -> int:
         prepare(state)
     daemon.setup_logging(state.debug, opts.foreground)
     user = daemon.lookup_user(opts.user) if opts.user else None
-    listen_sock = bind(state.listen, backlog=opts.backlog)
+    if state.udp:
+        udp.check(state)
+    listen_sock = bind(state.listen, socktype(state), backlog=opts.backlog)
     check_transparent(state)                  # before daemonizing, while stderr is the user's
+    contexts = tls_contexts(state)
     if not opts.foreground:
         daemon.daemonize()
         gevent.reinit()
@@ -172,6 +214,7 @@ def run(state: State, opts: Options) -> int:
             daemon.drop_privileges(user)
         runtime = Runtime(state, opts)
         state.runtime = runtime
+        runtime.tls = contexts
         return runtime.serve(listen_sock)
     except daemon.DaemonError as e:
         raise UsageError(str(e)) from None

@@ -1,0 +1,356 @@
+"""The UDP balancer (-U) on gevent: one session per client address and port.
+
+Client -> server: one receive loop on the listen socket finds the client's session
+(opening it with select.candidates) and sends the datagram from the session's own backend
+socket. Server -> client: one greenlet per session receives on that socket and answers the
+client from the listen socket. A sweeper ends idle sessions and fails over from silent
+servers. The decisions are select's and udptable's; this module only moves datagrams.
+
+The backend socket is not connected: it takes datagrams from the server's IP on any port
+and sends the client's next datagrams to the port the server last answered from. That is
+how TFTP passes: its server answers from a new port (the transfer ID). ICMP errors reach
+an unconnected socket through IP_RECVERR (Linux); elsewhere the socket is connected to the
+server, which still reports refusals but cannot follow a TFTP transfer to its new port.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import socket
+import sys
+import time
+
+import gevent
+from gevent import socket as gsocket
+
+from .addr import client_ip
+from .cli import UsageError
+from .select import candidates
+from .state import Server, State
+from .udptable import SessionTable, idle_limit, sweep
+
+log = logging.getLogger("pen")
+
+MAX_DATAGRAM = 65535
+TICK = 0.25                              # how often the sweeper looks at the sessions
+RECVERR = sys.platform.startswith("linux")
+# IP_RECVERR / IPV6_RECVERR: Python does not name them; the numbers are Linux's ABI.
+_RECVERR = {socket.AF_INET: (socket.IPPROTO_IP, 11), socket.AF_INET6: (socket.IPPROTO_IPV6, 25)}
+_MSG_ERRQUEUE = getattr(socket, "MSG_ERRQUEUE", 0x2000)
+
+
+def check(state: State) -> None:
+    """UDP balancing needs inet addresses: say so at start instead of failing later."""
+    if state.listen is not None and state.listen.is_unix:
+        raise UsageError(f"{state.listen}: -U needs an inet listen address, not a socket path")
+    for server in state.servers:
+        if server.endpoint is not None and server.endpoint.is_unix:
+            raise UsageError(f"{server.endpoint}: -U needs inet servers, not socket paths")
+
+
+def refusals(sock) -> list:
+    """Drain the socket's ICMP error queue: the destinations that refused our datagrams."""
+    refused = []
+    with socket.fromfd(sock.fileno(), sock.family, socket.SOCK_DGRAM) as raw:
+        raw.setblocking(False)
+        for _ in range(64):                   # the queue is bounded; so is this loop
+            try:
+                _, _, _, address = raw.recvmsg(1, 512, _MSG_ERRQUEUE)
+            except OSError:
+                break
+            refused.append(address)
+    return refused
+
+
+class Session:
+    """One client address: its server, backend socket and the datagram awaiting an answer."""
+
+    __slots__ = ("balancer", "client", "ip", "server", "sock", "dest", "greenlet", "conn",
+                 "entry", "last", "pending", "pending_since", "unanswered", "answered",
+                 "closed")
+
+    def __init__(self, balancer: "UdpBalancer", client, ip) -> None:
+        self.balancer = balancer
+        self.client, self.ip = client, ip
+        self.server: Server | None = None
+        self.sock = self.dest = self.greenlet = self.conn = self.entry = None
+        self.last = time.monotonic()
+        self.pending: bytes | None = None      # the client's last datagram, for failover
+        self.pending_since = 0.0
+        self.unanswered = 0
+        self.answered = False
+        self.closed = False
+
+    # choosing and switching servers ----------------------------------------------------
+
+    def attach(self, server: Server) -> bool:
+        """Move the session to server with a fresh backend socket (late answers from the
+        previous server must not reach the client). False if no socket could be made."""
+        try:
+            sock = self.balancer.open_backend(server, self.client)
+        except OSError as e:
+            self.balancer.count("udp_socket_errors")
+            log.warning("UDP: no socket for %s: %s", server.endpoint, e.strerror or e)
+            return False
+        old_sock, old_greenlet = self.sock, self.greenlet
+        if self.server is not None:
+            self.server.conn -= 1
+        self.server, self.sock, self.dest = server, sock, server.endpoint.sockaddr
+        server.conn += 1
+        server.total += 1
+        if self.conn is not None:
+            self.conn.server = server
+        if self.entry is not None and server.index >= 0:
+            self.entry.server = server.index
+        self.answered, self.unanswered = False, 0
+        self.greenlet = gevent.spawn(self.from_server, sock)
+        if old_greenlet is not None and old_greenlet is not gevent.getcurrent():
+            old_greenlet.kill(block=False)
+        if old_sock is not None:
+            old_sock.close()
+        return True
+
+    def fail_over(self, why: str) -> None:
+        """Blacklist the server, move to the next candidate, and resend what is unanswered."""
+        state, failed = self.balancer.state, self.server
+        failed.failures += 1
+        state.blacklist(failed, time.time())
+        log.warning("server %s (%s) %s; blacklisted for %ss", failed.index, failed.endpoint,
+                    why, state.blacklist_time)
+        for server in candidates(state, self.ip, self.client[1], time.time()):
+            if server is not failed and self.attach(server):
+                break
+        else:
+            self.close()
+            return
+        if self.pending is not None:
+            self.pending_since = time.monotonic()
+            self._send(self.pending)
+
+    def refused(self) -> bool:
+        """The backend socket reported ECONNREFUSED: fail over if the server's own port
+        refused (a TFTP transfer port that has closed is no reason). True if it failed over."""
+        if RECVERR:
+            want = self.server.endpoint.sockaddr[:2]
+            if want not in (address[:2] for address in refusals(self.sock)):
+                self.balancer.count("udp_refused_elsewhere")
+                return False
+        self.balancer.count("udp_refused")
+        self.fail_over("refused the datagram (ICMP port unreachable)")
+        return True
+
+    # moving datagrams ------------------------------------------------------------------
+
+    def to_server(self, data: bytes) -> None:
+        now = time.monotonic()
+        self.last = now
+        if not self.pending_since:
+            self.pending_since = now
+        self.pending = data
+        self._send(data)
+
+    def _send(self, data: bytes) -> None:
+        self.unanswered += 1
+        try:
+            self.sock.sendto(data, self.dest)
+        except ConnectionRefusedError:
+            # An earlier datagram was refused; this one was not sent. A failover resends it.
+            if not self.refused():
+                self._retry(data)
+            return
+        except OSError as e:
+            self.balancer.count("udp_send_errors")
+            log.debug("UDP: send to %s: %s", self.dest, e)
+            return
+        n = len(data)
+        self.server.sx += n
+        self.server.dgrams_sx += 1
+        self.conn.sx += n
+        self.entry.sx += n
+
+    def _retry(self, data: bytes) -> None:
+        try:
+            self.sock.sendto(data, self.dest)
+        except OSError:
+            self.balancer.count("udp_send_errors")
+
+    def from_server(self, sock) -> None:
+        """Relay the server's datagrams to the client until the session moves or ends."""
+        host = self.server.endpoint.sockaddr[0]
+        balancer = self.balancer
+        while self.sock is sock:
+            try:
+                data, source = sock.recvfrom(MAX_DATAGRAM)
+            except ConnectionRefusedError:
+                if self.sock is sock and not self.closed:
+                    self.refused()
+                continue
+            except OSError as e:
+                if self.sock is not sock or self.closed or e.errno == errno.EBADF:
+                    return
+                balancer.count("udp_receive_errors")
+                log.debug("UDP: receive from %s: %s", self.server.endpoint, e)
+                gevent.sleep(0.01)
+                continue
+            if source[0] != host:
+                balancer.count("udp_stray")         # not our server: never to the client
+                continue
+            self.dest = source                      # TFTP: the transfer's own port
+            self.last = time.monotonic()
+            self.pending, self.pending_since = None, 0.0
+            self.unanswered, self.answered = 0, True
+            n = len(data)
+            server = self.server
+            server.rx += n
+            server.dgrams_rx += 1
+            self.conn.rx += n
+            self.entry.rx += n
+            try:
+                balancer.sock.sendto(data, self.client)
+            except OSError as e:
+                balancer.count("udp_reply_errors")
+                log.debug("UDP: reply to %s: %s", self.client, e)
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        balancer = self.balancer
+        balancer.table.remove(self.client, self)
+        if self.conn is not None:
+            balancer.state.close_connection(self.conn)
+        if self.server is not None:
+            self.server.conn -= 1
+        if self.greenlet is not None and self.greenlet is not gevent.getcurrent():
+            self.greenlet.kill(block=False)
+        if self.sock is not None:
+            self.sock.close()
+        self.pending = None
+
+
+class UdpBalancer:
+    """The listen socket's receive loop, the session table and the sweeper.
+
+    It is its own `listener` for the runtime (start, close, max_accept)."""
+
+    max_accept = 0                     # the runtime sets it; UDP has nothing to accept
+
+    def __init__(self, state: State, sock, log_line=None) -> None:
+        self.state = state
+        self.sock = sock
+        self.listener = self
+        self.table = SessionTable()
+        self.log_line = log_line or (lambda text: None)
+        self.connect_hooks = []          # fn(sock, server, client_address): transparent, source
+        self.loops: list = []
+        self.receiver = None
+
+    def count(self, what: str) -> None:
+        self.state.counters[what] += 1
+
+    # the backend socket: the one place a transparent hook needs to wrap -------------------
+
+    def open_backend(self, server: Server, client):
+        endpoint = server.endpoint
+        sock = gsocket.socket(endpoint.family, socket.SOCK_DGRAM)
+        try:
+            for hook in self.connect_hooks:
+                hook(sock, server, client)
+            if RECVERR:
+                level, option = _RECVERR[endpoint.family]
+                sock.setsockopt(level, option, 1)
+            else:
+                sock.connect(endpoint.sockaddr)
+        except BaseException:
+            sock.close()
+            raise
+        return sock
+
+    # sessions --------------------------------------------------------------------------
+
+    def open_session(self, client) -> Session | None:
+        state = self.state
+        ip = client_ip(client)
+        session = Session(self, client, ip)
+        for server in candidates(state, ip, client[1], time.time()):
+            if session.attach(server):
+                break
+        else:
+            self.count("udp_no_server")
+            log.info("no server for %s", client)
+            return None
+        session.conn = conn = state.open_connection(client)
+        conn.server, conn.close = session.server, session.close
+        entry = session.entry = state.clients.touch(ip, time.time())
+        entry.connects += 1
+        if session.server.index >= 0:
+            entry.server = session.server.index
+        for old in self.table.add(client, session, state.conn_max):
+            self.count("udp_evicted")
+            old.close()
+        if state.log is not None:
+            self.log_line(f"{ip} {int(time.time())} {session.server.endpoint} UDP")
+        return session
+
+    def receive(self, sock) -> None:
+        """The client side: every datagram to the listen address goes through here."""
+        table = self.table
+        while True:
+            try:
+                data, client = sock.recvfrom(MAX_DATAGRAM)
+            except OSError as e:
+                if self.sock is not sock or e.errno == errno.EBADF:
+                    return
+                self.count("udp_receive_errors")
+                log.debug("UDP: receive: %s", e)
+                gevent.sleep(0.01)
+                continue
+            session = table.get(client)
+            if session is None:
+                session = self.open_session(client)
+                if session is None:
+                    continue
+            session.to_server(data)
+
+    def sweeper(self) -> None:
+        while True:
+            gevent.sleep(TICK)
+            state = self.state
+            expired, silent = sweep(self.table.sessions(), time.monotonic(),
+                                    idle_limit(state.idle_timeout), state.timeout)
+            for session in expired:
+                self.count("udp_expired")
+                session.close()
+            for session in silent:
+                if not session.closed:
+                    self.count("udp_silent")
+                    session.fail_over(f"left a datagram unanswered for {state.timeout}s")
+
+    # the runtime's listener interface --------------------------------------------------
+
+    def start(self) -> None:
+        self.receiver = gevent.spawn(self.receive, self.sock)
+        self.loops = [self.receiver, gevent.spawn(self.sweeper)]
+
+    def close_sessions(self) -> None:
+        for session in self.table.sessions():
+            session.close()
+
+    def close(self) -> None:
+        """Stop: without the listen socket no answer can reach a client, so end all."""
+        for loop in self.loops:
+            loop.kill(block=False)
+        self.close_sessions()
+        self.sock.close()
+
+    def relisten(self, sock) -> None:
+        """`listen ADDR`: clients of the old address cannot be answered from the new one."""
+        old = self.sock
+        self.close_sessions()
+        if self.receiver is not None:
+            self.receiver.kill(block=False)
+        self.sock = sock
+        self.receiver = gevent.spawn(self.receive, sock)
+        self.loops = [self.receiver, *self.loops[1:]]
+        old.close()
