@@ -28,10 +28,6 @@ COMMANDS: dict[str, Handler] = {}      # "name" and "no name" -> handler
 
 # Features a later module brings; their commands answer this until then.
 NOT_YET: dict[str, str] = {
-    "dsr_if": "direct server return",
-    "ssl_ciphers": "TLS", "ssl_option": "TLS", "ssl_sni_path": "TLS",
-    "ssl_client_renegotiation_interval": "TLS", "ssl_ocsp_response": "TLS",
-    "ssl_backend": "TLS",
 }
 
 
@@ -152,8 +148,30 @@ setting("tarpit_acl", "tarpit_acl", minimum=-1, render=lambda v: f"tarpit_acl = 
 setting("ssl_client_renegotiation_interval", "ssl_renegotiation_interval")
 path_setting("log", "log", after=_reopen_log)
 path_setting("web_stats", "web_stats")
-path_setting("ssl_sni_path", "ssl_sni_path")
-path_setting("ssl_ocsp_response", "ssl_ocsp_response")
+
+
+def _tls_changed(state: State, attr: str | None = None, old=None) -> None:
+    """A TLS setting changed on a running balancer: rebuild its contexts now (the old ones
+    stay, and so does the old value of attr, when the new setting cannot be used)."""
+    try:
+        if state.runtime is not None and hasattr(state.runtime, "reload_tls"):
+            state.runtime.reload_tls()
+    except CommandError:
+        if attr is not None:
+            setattr(state, attr, old)
+        raise
+
+
+path_setting("ssl_sni_path", "ssl_sni_path", after=_tls_changed)
+
+
+@command("ssl_ocsp_response")
+def ssl_ocsp_response(state: State, args: list) -> str:
+    raise CommandError("ssl_ocsp_response: OCSP stapling is unsupported: Python's ssl module "
+                       "cannot staple a response")
+
+
+COMMANDS["no ssl_ocsp_response"] = lambda state, args: ""
 
 
 @command("clients_max")
@@ -194,7 +212,8 @@ def dsr_if(state: State, args: list) -> str:
 def ssl_ciphers(state: State, args: list) -> str:
     if not args:
         return state.ssl_ciphers or ""
-    state.ssl_ciphers = " ".join(args)
+    old, state.ssl_ciphers = state.ssl_ciphers, " ".join(args)
+    _tls_changed(state, "ssl_ciphers", old)
     return ""
 
 
@@ -210,8 +229,9 @@ def ssl_option(state: State, args: list) -> str:
         if option not in SSL_OPTIONS:
             raise CommandError(f"ssl_option: unknown option {option!r} "
                                f"(one of {', '.join(SSL_OPTIONS)})")
-        if option not in state.ssl_options:
-            state.ssl_options.append(option)
+    old = list(state.ssl_options)
+    state.ssl_options = old + [o for o in dict.fromkeys(args) if o not in old]
+    _tls_changed(state, "ssl_options", old)
     return ""
 
 
