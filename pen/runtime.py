@@ -18,7 +18,7 @@ import gevent
 from gevent import socket as gsocket
 from gevent.event import Event
 
-from . import commands, daemon, tls, transparent, udp
+from . import commands, daemon, dsr, tls, transparent, udp
 from .addr import AddressError, Endpoint, resolve
 from .cli import Options, UsageError
 from .state import State
@@ -74,6 +74,8 @@ class Runtime:
 
     def relisten(self, endpoint: Endpoint) -> None:
         """`listen ADDR`: open the new listener first, then close the old one."""
+        if self.state.dsr_if:
+            raise commands.CommandError("listen: in DSR mode the virtual IP is fixed at start")
         try:
             sock = bind(endpoint, socktype(self.state), backlog=self.opts.backlog)
         except (UsageError, AddressError) as e:
@@ -101,6 +103,8 @@ class Runtime:
         balancer = udp.UdpBalancer if state.udp else TcpBalancer
         if self.tls is not None:                  # -E / ssl_backend: the TLS front end
             balancer = functools.partial(tls.TlsBalancer, contexts=self.tls)
+        if state.dsr_if:                          # raw frames on dsr_if: nothing is accepted
+            balancer = dsr.Forwarder
         self.balancer = balancer(state, gsocket.socket(fileno=listen_sock.detach()),
                                  self.conn_log.write)
         self.balancer.listener.max_accept = self.opts.multi_accept
@@ -199,7 +203,8 @@ def run(state: State, opts: Options) -> int:
     user = daemon.lookup_user(opts.user) if opts.user else None
     if state.udp:
         udp.check(state)
-    listen_sock = bind(state.listen, socktype(state), backlog=opts.backlog)
+    listen_sock = (dsr.open_socket(state) if state.dsr_if
+                   else bind(state.listen, socktype(state), backlog=opts.backlog))
     check_transparent(state)                  # before daemonizing, while stderr is the user's
     contexts = tls_contexts(state)
     if not opts.foreground:
