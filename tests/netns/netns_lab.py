@@ -157,3 +157,27 @@ class Lab:
                 os.unlink(path)
             except OSError:
                 pass
+
+# A tiny DNS server (dnslib) that answers every query with a TXT record "<name> <peer>".
+DNS_SERVER = r"""
+import socket, sys
+from dnslib import QTYPE, RR, TXT, DNSRecord
+name, host, port = sys.argv[1], sys.argv[2], int(sys.argv[3])
+s = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_DGRAM)
+s.bind((host, port))
+while True:
+    data, peer = s.recvfrom(4096)
+    try:
+        query = DNSRecord.parse(data)
+    except Exception:
+        continue
+    reply = query.reply()
+    reply.add_answer(RR(query.q.qname, QTYPE.TXT, rdata=TXT(f"{name} {peer[0]}"), ttl=0))
+    s.sendto(reply.pack(), peer)
+"""
+
+
+def dns_server(lab: Lab, ns: str, name: str, host: str, port: int) -> subprocess.Popen:
+    proc = lab.spawn(ns, sys.executable, "-c", DNS_SERVER, name, host, str(port))
+    lab.wait_listening(ns, port, proc, "udp")
+    return proc

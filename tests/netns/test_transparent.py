@@ -11,7 +11,7 @@ import subprocess
 import sys
 
 import pytest
-from netns_lab import ROOT
+from netns_lab import ROOT, dns_server
 
 pytestmark = pytest.mark.root
 
@@ -36,6 +36,8 @@ def topology(lab):
     assert "ran: iptables -t mangle -A DIVERT -j MARK --set-mark 1" in out
     lab.peer_server(srv, "s4", "0.0.0.0", 8080)
     lab.peer_server(srv, "s6", "::", 8086)
+    dns_server(lab, srv, "d4", "0.0.0.0", 5353)
+    dns_server(lab, srv, "d6", "::", 5356)
     return lab, cli, pen, srv
 
 
@@ -60,6 +62,29 @@ def test_server_sees_the_client_itself_only_in_transparent_mode(topology, family
     lab.pen(pen, "-O", "transparent", listen, server, port=80)
     for _ in range(3):                       # several connections, each from the client itself
         assert fetch(lab, cli, url)[1] == client
+
+
+def dig(lab, cli, server):
+    out = lab.run(cli, "dig", "+short", "+time=2", "+tries=1", "-p", "53", f"@{server}",
+                  "who.example", "TXT")
+    return out.strip().strip('"').split()
+
+
+@pytest.mark.parametrize("family", [4, 6])
+def test_udp_server_sees_the_client_itself_only_in_transparent_mode(topology, family):
+    lab, cli, pen, srv = topology
+    if family == 4:
+        listen, server, target = f"{PEN4_CLIENT_SIDE}:53", f"{SERVER4}:5353", PEN4_CLIENT_SIDE
+        client, pen_side = CLIENT4, PEN4_SERVER_SIDE
+    else:
+        listen, server, target = f"[{PEN6_CLIENT_SIDE}]:53", f"[{SERVER6}]:5356", PEN6_CLIENT_SIDE
+        client, pen_side = CLIENT6, PEN6_SERVER_SIDE
+    plain = lab.pen(pen, "-U", listen, server, port=53, proto="udp")
+    assert dig(lab, cli, target)[1] == pen_side
+    lab.stop(plain)
+    lab.pen(pen, "-U", "-O", "transparent", listen, server, port=53, proto="udp")
+    for _ in range(3):
+        assert dig(lab, cli, target)[1] == client
 
 
 def test_source_pins_a_fixed_address_even_in_transparent_mode(topology):
