@@ -11,7 +11,7 @@ the client directly (their replies carry the server's MAC, never pen's).
 import sys
 
 import pytest
-from netns_lab import wait_until
+from netns_lab import dns_server, wait_until
 
 pytestmark = pytest.mark.root
 
@@ -133,3 +133,21 @@ def test_pen_accepts_no_connection_and_tarpits_listed_addresses(segment):
                       "except OSError as e: print('refused or unreachable', e.errno)",
                       check=False)
     assert "refused or unreachable" in missing
+
+
+def test_udp_frames_are_forwarded_with_U(segment):
+    lab, members, _ = segment
+    for name in SERVERS:       # bound to the VIP so that replies come from it, not from s0
+        dns_server(lab, members[name], name, VIP, 53)
+    proc = lab.pen(members["p"], "-d", "-U", "-O", f"dsr_if {lab.ifname('p0')}",
+                   f"{VIP}:53", *SERVERS.values(), port=0)
+    wait_until(lambda: proc.poll() is not None or "servers [0, 1, 2] in the table"
+               in lab.output(proc), what="pen to learn the servers' MACs")
+    answers = {}
+    for ip in CLIENTS:
+        out = lab.run(members["c"], "dig", "+short", "+time=2", "+tries=2", "-b", ip,
+                      f"@{VIP}", "who.example", "TXT")
+        name, peer = out.strip().strip('"').split()
+        assert peer == ip
+        answers[ip] = name
+    assert set(answers.values()) == set(SERVERS)
