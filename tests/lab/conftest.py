@@ -1,0 +1,30 @@
+"""The docker lab for the scenario tests: built and brought up once per session, then removed.
+
+PEN_LAB_PEN=c runs the scenarios against the C pen instead of ours. Without a docker engine
+the tests are skipped, unless PEN_LAB_REQUIRE_DOCKER=1 (tox -e lab) makes that an error.
+"""
+
+import os
+
+import pytest
+
+PEN = os.environ.get("PEN_LAB_PEN", "py")
+
+
+@pytest.fixture(scope="session")
+def lab():
+    from pen_lab import docker_lab
+    from pen_lab.errors import LabError
+    try:
+        engine = docker_lab.connect()
+    except LabError as err:
+        if os.environ.get("PEN_LAB_REQUIRE_DOCKER") == "1":
+            pytest.fail(f"PEN_LAB_REQUIRE_DOCKER=1 but {err}", pytrace=False)
+        pytest.skip(str(err))
+    try:
+        running = docker_lab.up(engine, print, pen=PEN)
+    except LabError as err:
+        pytest.fail(str(err), pytrace=False)
+    yield running
+    running.stop_pen()
+    docker_lab.down(engine, lambda _: None)
