@@ -58,7 +58,7 @@ def parse_args(argv):
     parser.add_argument("--only", choices=MODES, help="run only the tcp, udp or tls tests")
     parser.add_argument("--json", metavar="FILE", help="also write the results as JSON to FILE")
     parser.add_argument("--rounds", type=int,
-                        help="interleaved rounds, median taken (default 3, --quick 2)")
+                        help="interleaved rounds, median taken (default 5, --quick 2)")
     parser.add_argument("--seconds", type=int, help="duration of each wrk/dnsperf load")
     parser.add_argument("--bulk-mb", type=int, help="size of the download in MB (default 1000)")
     parser.add_argument("--ours-cmd", metavar="CMD",
@@ -66,9 +66,9 @@ def parse_args(argv):
     parser.add_argument("--keep", action="store_true", help="keep the temp dir (configs, logs)")
     args = parser.parse_args(argv)
     if args.rounds is None:
-        args.rounds = 2 if args.quick else 3
+        args.rounds = 2 if args.quick else 5
     if args.seconds is None:
-        args.seconds = 2 if args.quick else 5
+        args.seconds = 2 if args.quick else 3
     if args.bulk_mb is None:
         args.bulk_mb = 200 if args.quick else 1000
     if args.rounds < 1 or args.seconds < 1 or args.bulk_mb < 1:
@@ -96,6 +96,7 @@ class Bench:
         self.cert = None
         self.query_file = None
         self.http_ports = self.dns_ports = None
+        self.load_at_start = os.getloadavg()[0]
 
     # ---- fixtures -------------------------------------------------------------------------
     def start_backends(self):
@@ -284,8 +285,11 @@ def print_table(bench, summary):
                 notes.append("udp goal 'no lost answers' for ours: %s (%d lost)" % (
                     "ok" if lost == 0 else "MISS", lost))
     print()
-    print("* efficiency = units per CPU-second of the balancer process (utime+stime). Rates swing")
-    print("  up to 2x between runs on a shared 2-core machine; efficiency ratios stay within ~5%.")
+    print("* efficiency = units per CPU-second of the balancer process (utime+stime): read it first.")
+    print("  Rates swing up to 2x between runs on a shared 2-core machine; efficiency is steadier,")
+    print("  but an A/A run (C pen in both slots) on a busy machine still spread 0.83-1.12: treat")
+    print("  ratios within ~15%% as ties. Load average at start %.1f, now %.1f." % (
+        bench.load_at_start, os.getloadavg()[0]))
     for note in notes:
         print("note: " + note)
 
