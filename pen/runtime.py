@@ -18,7 +18,7 @@ import gevent
 from gevent import socket as gsocket
 from gevent.event import Event
 
-from . import commands, daemon, dsr, tls, transparent, udp
+from . import commands, control, daemon, dsr, status, tls, transparent, udp
 from .addr import AddressError, Endpoint, resolve
 from .cli import Options, UsageError
 from .state import State
@@ -63,6 +63,8 @@ class Runtime:
         self.conn_log = daemon.ConnectionLog()
         self.balancer = None
         self.tls = None           # tls.Contexts, built by run() before daemonizing
+        self.control = None       # control.ControlServer (-C)
+        self.control_sock = None  # its socket, bound by run() before dropping privileges
 
     # hooks for the command language -------------------------------------------------
 
@@ -93,7 +95,17 @@ class Runtime:
         self.stopping.set()
 
     def write_status(self, fmt: str = "html") -> str:
-        raise commands.CommandError("status: the status page is not supported yet")
+        """`status [html|json|prometheus]`, SIGUSR1: the report; html also goes to -w."""
+        text = status.render(self.state, fmt)
+        path = self.state.web_stats
+        if fmt == "html" and path:
+            try:
+                with open(path + ".tmp", "w") as f:
+                    f.write(text)
+                os.replace(path + ".tmp", path)
+            except OSError as e:
+                raise commands.CommandError(f"Unable to create webstats {path}: {e.strerror}") from None
+        return text
 
     # the main loop ---------------------------------------------------------------------
 
@@ -116,6 +128,10 @@ class Runtime:
         gevent.signal_handler(signal.SIGHUP, self.reload)
         gevent.signal_handler(signal.SIGUSR1, self.report)
         self.balancer.listener.start()
+        if self.control_sock is not None:
+            self.control = control.ControlServer(
+                gsocket.socket(fileno=self.control_sock.detach()), state)
+            self.control.start()
         log.info("pen-lb listening on %s, %d servers", state.listen, len(state.servers))
         self.stopping.wait()
         return self.drain()
@@ -123,6 +139,10 @@ class Runtime:
     def drain(self) -> int:
         """Stop accepting, give connections in flight GRACE seconds, then close them."""
         self.balancer.listener.close()
+        if self.control is not None:
+            self.control.close()
+            if self.state.control.is_unix:
+                daemon.remove_file(self.state.control.path)
         deadline = time.monotonic() + GRACE
         while self.state.connections and time.monotonic() < deadline:
             gevent.sleep(0.05)
@@ -141,6 +161,12 @@ class Runtime:
             self.open_log()
         except commands.CommandError as e:
             log.error("%s", e)
+        if self.state.config_file:
+            try:
+                commands.reload_file(self.state, self.state.config_file)
+                log.info("SIGHUP: %s re-read", self.state.config_file)
+            except commands.CommandError as e:
+                log.error("SIGHUP: %s; the running configuration is unchanged", e)
         try:
             self.reload_tls()
         except commands.CommandError as e:
@@ -158,8 +184,15 @@ class Runtime:
         log.info("TLS: certificates and settings reloaded")
 
     def report(self) -> None:
-        for line in commands.answer(self.state, "servers").splitlines():
-            log.warning("%s", line)
+        """SIGUSR1: write the -w status page (or, without -w, log the servers)."""
+        if not self.state.web_stats:
+            for line in commands.answer(self.state, "servers").splitlines():
+                log.warning("%s", line)
+            return
+        try:
+            self.write_status("html")
+        except commands.CommandError as e:
+            log.error("%s", e)
 
 
 def check_transparent(state: State) -> None:
@@ -196,17 +229,27 @@ def bind_source(state: State):
 
 
 def run(state: State, opts: Options) -> int:
+    # The listener takes connections (into its backlog) before serve() installs the signal
+    # handlers: until then a HUP (logrotate) or USR1 must not kill pen by default action.
+    for sig in (signal.SIGHUP, signal.SIGUSR1):
+        signal.signal(sig, signal.SIG_IGN)
     if opts.demo:
         from .demo import prepare
         prepare(state)
     daemon.setup_logging(state.debug, opts.foreground)
     user = daemon.lookup_user(opts.user) if opts.user else None
+    if state.control is not None and os.geteuid() == 0 and user is None:
+        raise UsageError(f"-C {state.control}: won't open a control port running as root; "
+                         "use -u USER to drop privileges (-u root forces it)")
     if state.udp:
         udp.check(state)
     listen_sock = (dsr.open_socket(state) if state.dsr_if
                    else bind(state.listen, socktype(state), backlog=opts.backlog))
     check_transparent(state)                  # before daemonizing, while stderr is the user's
     contexts = tls_contexts(state)
+    control_sock = control.open_socket(state.control) if state.control is not None else None
+    if control_sock is not None:
+        control.warn_if_exposed(state, state.control)
     if not opts.foreground:
         daemon.daemonize()
         gevent.reinit()
@@ -220,6 +263,7 @@ def run(state: State, opts: Options) -> int:
         runtime = Runtime(state, opts)
         state.runtime = runtime
         runtime.tls = contexts
+        runtime.control_sock = control_sock
         return runtime.serve(listen_sock)
     except daemon.DaemonError as e:
         raise UsageError(str(e)) from None
