@@ -245,7 +245,8 @@ def test_tls_commands_are_available():
     for line in ("ssl_ciphers ECDHE-RSA-AES128-GCM-SHA256", "ssl_option no_tlsv1.1",
                  "ssl_sni_path /etc/pen/sni", "ssl_client_renegotiation_interval 60",
                  "ssl_backend"):
-        assert commands.execute(state, line) == ""
+        commands.execute(state, line)
+    assert commands.execute(state, "ssl_ciphers") == "ECDHE-RSA-AES128-GCM-SHA256"
     assert commands.execute(state, "ssl_option") == "no_tlsv1.1"
     assert state.ssl_backend and state.ssl_renegotiation_interval == 60
     assert "ssl_sni_path /etc/pen/sni" in commands.dump(state)
@@ -259,3 +260,23 @@ def test_options_map_onto_state(pki):
     assert (state.ssl_cert, state.ssl_key, state.ssl_ca_file, state.ssl_ca_dir) == (
         pki["crt"], pki["key"], pki["ca"], "/etc/ssl/certs")
     assert state.ssl_require_client and state.ssl_compat and state.ssl_protocol == "tls1.3"
+
+
+def test_a_live_tls_command_that_cannot_be_used_is_undone(pki):
+    """On a running balancer ssl_* commands rebuild the contexts at once; when that fails
+    the error is the answer and the previous value stays."""
+    state = state_for("-E", pki["both"])
+
+    class Runtime:
+        def reload_tls(self):
+            try:
+                tls.Contexts(state)
+            except tls.TlsError as e:
+                raise commands.CommandError(str(e)) from None
+    state.runtime = Runtime()
+    assert commands.execute(state, "ssl_ciphers ECDHE-RSA-AES128-GCM-SHA256") == ""
+    assert "no cipher can be selected" in commands.answer(state, "ssl_ciphers BOGUS")
+    assert state.ssl_ciphers == "ECDHE-RSA-AES128-GCM-SHA256"
+    assert commands.execute(state, "ssl_option no_tlsv1.2 cipher_server_preference") == ""
+    assert state.ssl_options == ["no_tlsv1.2", "cipher_server_preference"]
+    assert "unknown option" in commands.answer(state, "ssl_option no_tlsv1.3")
