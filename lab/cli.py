@@ -76,6 +76,11 @@ def main(argv=None):
                 where = "docker, local" if scenario.local else "docker"
                 print(f"{scenario.name:20} {scenario.title}  [{where}]")
         elif args.command == "scenario":
+            scenario = SCENARIOS.get(args.name)
+            if scenario is None:
+                raise LabError(f"scenario: unknown {args.name!r} (see `pen-lab list`)")
+            if args.local and not scenario.local:
+                raise LabError(f"scenario {args.name!r} needs docker (drop --local)")
             run_on_lab(args, [args.name], story)
         elif args.command == "demo":
             began = time.monotonic()

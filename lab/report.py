@@ -6,7 +6,7 @@ and a labelled vertical line where a server died or came back. Inline SVG, no sc
 
 import html
 
-WIDTH, LANE, LEFT, TOP = 900, 28, 110, 30
+WIDTH, LANE, LEFT, TOP = 900, 28, 110, 44
 COLORS = ["#1f77b4", "#2ca02c", "#9467bd", "#8c564b", "#17becf", "#bcbd22", "#e377c2"]
 
 
@@ -23,7 +23,8 @@ def chart(replies, events):
         return LEFT + (t - start) / span * plot
 
     parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{WIDTH}" height="{height}" '
-             f'font-family="sans-serif" font-size="12">']
+             f'font-family="sans-serif" font-size="12">',
+             f'<rect width="{WIDTH}" height="{height}" fill="white"/>']
     for i, lane in enumerate(lanes):
         y = TOP + LANE * i + LANE / 2
         count = sum(1 for r in replies if (r.server or "FAILED") == lane)
@@ -36,11 +37,15 @@ def chart(replies, events):
         title = html.escape(f"{r.t - start:.2f}s {r.client or ''} -> {r.server or r.error}")
         parts.append(f'<circle cx="{x(r.t):.1f}" cy="{TOP + LANE * lane + LANE / 2:.0f}" r="4" '
                      f'fill="{color}"><title>{title}</title></circle>')
-    for t, text in events:
-        parts.append(f'<line x1="{x(t):.1f}" x2="{x(t):.1f}" y1="{TOP - 12}" '
+    for i, (t, text) in enumerate(events):
+        label_y = TOP - 8 - 16 * (i % 2)  # alternate rows so close events stay readable
+        anchor = 'text-anchor="end" ' if x(t) > LEFT + plot / 2 else ""
+        nudge = -3 if anchor else 3
+        parts.append(f'<line x1="{x(t):.1f}" x2="{x(t):.1f}" y1="{label_y + 2}" '
                      f'y2="{height - 30}" stroke="#d62728" stroke-dasharray="4 3"/>')
-        parts.append(f'<text x="{x(t) + 3:.1f}" y="{TOP - 16}" fill="#d62728">'
-                     f'{html.escape(text[:60])}</text>')
+        parts.append(f'<text x="{x(t) + nudge:.1f}" y="{label_y}" {anchor}fill="#d62728">'
+                     f'{html.escape(text.split(" (")[0])}<title>{html.escape(text)}</title>'
+                     f'</text>')
     parts.append(f'<text x="{LEFT}" y="{height - 10}">0 s</text>')
     parts.append(f'<text x="{LEFT + plot - 40}" y="{height - 10}">{span:.1f} s</text>')
     parts.append("</svg>")

@@ -272,6 +272,7 @@ def tftp(lab, story):
     client = lab.clients[0]
     shown, digest = lab.tftp_get(client, SAMPLE_NAME)
     story.command(client, shown)
+    check(digest != hashlib.sha256(b"").hexdigest(), "tftp get: nothing arrived")
     check(digest == hashlib.sha256(sample_bytes()).hexdigest(),
           f"tftp get: sha256 {digest!r} differs from the served file")
     story.say("get: byte-exact")
