@@ -129,7 +129,7 @@ def _tune(ctx: ssl.SSLContext, state, minimum: ssl.TLSVersion) -> None:
         ciphers = (state.ssl_ciphers or LEGACY_CIPHERS) + ":@SECLEVEL=0"
     try:
         ctx.set_ciphers(ciphers)
-    except ssl.SSLError:
+    except (ssl.SSLError, ValueError):     # ValueError: a NUL or a lone surrogate
         raise TlsError(f"ssl_ciphers {state.ssl_ciphers}: no cipher can be selected") from None
     if state.ssl_compat:
         ctx.options |= ssl.OP_ALL          # -Z: all of OpenSSL's bug workarounds, as in pen
