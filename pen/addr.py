@@ -126,6 +126,8 @@ def resolve(endpoint: Endpoint, socktype: int = socket.SOCK_STREAM, passive: boo
                                    socket.AI_PASSIVE if passive else 0)
     except socket.gaierror as e:
         raise AddressError(f"cannot resolve {host!r}: {e.strerror}") from None
+    except UnicodeError:                       # not a valid host name at all
+        raise AddressError(f"bad host name {host!r}") from None
     family, _, _, _, sockaddr = infos[0]
     endpoint.family, endpoint.sockaddr = family, sockaddr
     return endpoint

@@ -27,7 +27,7 @@ FLAGS = {"-h": ["hash"], "-N": ["hash", "roundrobin"], "-r": ["roundrobin"],
 IGNORED = {"-D", "-P", "-Q", "-n", "-S"}
 
 # Options a later module brings: rejected with a clear message until it lands.
-NOT_YET = {"-C": "the control port", "-F": "config files", "-w": "the status page"}
+NOT_YET: dict[str, str] = {}
 # TLS files and flags: command-line only, as in pen (tls.py reads them from the State).
 TLS_FILES = {"-E": "ssl_cert", "-K": "ssl_key", "-G": "ssl_ca_file", "-A": "ssl_ca_dir"}
 
@@ -82,6 +82,7 @@ def parse(argv: list[str]) -> tuple[State, Options]:
         raise UsageError(f"-{e.opt}: {e.msg}") from None
     settings: list[tuple[str, str]] = []     # (origin, command), applied in argv order
     later: list[tuple[str, str]] = []        # -O/-o: after the servers exist
+    control = None                           # -C: the control listener
     for opt, value in pairs:
         if opt in NOT_YET:
             raise UsageError(f"{opt}: {NOT_YET[opt]} is not supported yet")
@@ -109,6 +110,10 @@ def parse(argv: list[str]) -> tuple[State, Options]:
             state.debug += 1
         elif opt == "-f":
             opts.foreground = True
+        elif opt == "-C":
+            control = value
+        elif opt == "-F":
+            state.config_file = value
         elif opt == "-X":
             state.allow_exit = True
         elif opt == "-U":
@@ -142,6 +147,16 @@ def parse(argv: list[str]) -> tuple[State, Options]:
         except AddressError as e:
             raise UsageError(f"{text}: {e}") from None
     apply(state, later)
+    if control is not None:
+        try:
+            state.control = parse_listen(control)
+        except AddressError as e:
+            raise UsageError(f"-C {control}: {e}") from None
+    if state.config_file:                    # -F: after -O, as pen reads it
+        try:
+            commands.run_file(state, state.config_file)
+        except commands.CommandError as e:
+            raise UsageError(f"-F {e}") from None
     return state, opts
 
 

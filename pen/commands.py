@@ -7,11 +7,13 @@ A handler takes the State and the words after the command name and returns the a
 
 from __future__ import annotations
 
+import math
 import os
 import time
 from typing import Callable
 
 from . import __version__
+from . import status as status_report
 from .acl import AclError, parse_entry
 from .addr import AddressError, parse_listen, parse_server, resolve
 from .state import State
@@ -46,6 +48,8 @@ def number(word: str, what: str, minimum: float = 0, integer: bool = True):
         value = int(word) if integer else float(word)
     except ValueError:
         raise CommandError(f"{what}: expected a number, got {word!r}") from None
+    if not math.isfinite(value):
+        raise CommandError(f"{what}: expected a finite number, got {word!r}")
     if value < minimum:
         raise CommandError(f"{what}: must be at least {minimum:g}, got {word}")
     return value
@@ -62,16 +66,19 @@ def _args(args: list, most: int, usage: str) -> list:
 
 
 def setting(name: str, attr: str, *, minimum: float = 0, integer: bool = True,
-            render: Callable[[object], str] = show, after: Callable[[State], None] | None = None):
-    """A numeric setting: `name` shows it, `name V` sets it."""
+            render: Callable[[object], str] = show, after: Callable[[State], None] | None = None,
+            echo: bool = True):
+    """A numeric setting: `name` shows it, `name V` sets it (and, with echo, shows the new
+    value, as pen does for most of them)."""
     @command(name)
     def handler(state: State, args: list) -> str:
-        if not _args(args, 1, f"{name} [N]"):
-            return render(getattr(state, attr))
-        setattr(state, attr, number(args[0], name, minimum, integer))
-        if after:
-            after(state)
-        return ""
+        if _args(args, 1, f"{name} [N]"):
+            setattr(state, attr, number(args[0], name, minimum, integer))
+            if after:
+                after(state)
+            if not echo:
+                return ""
+        return render(getattr(state, attr))
     return handler
 
 
@@ -88,16 +95,19 @@ def flag(name: str, attr: str | None = None) -> None:
     COMMANDS[name], COMMANDS["no " + name] = setter(True), setter(False)
 
 
-def path_setting(name: str, attr: str, after: Callable[[State], None] | None = None):
-    """`name` shows a file name, `name FILE` sets it, `no name` clears it."""
+def path_setting(name: str, attr: str, after: Callable[[State], None] | None = None,
+                 echo: bool = False):
+    """`name` shows a file name, `name FILE` sets it (with echo, shows it as pen does for
+    log and web_stats), `no name` clears it."""
     @command(name)
     def handler(state: State, args: list) -> str:
-        if not _args(args, 1, f"{name} [FILE]"):
-            return getattr(state, attr) or ""
-        setattr(state, attr, args[0])
-        if after:
-            after(state)
-        return ""
+        if _args(args, 1, f"{name} [FILE]"):
+            setattr(state, attr, args[0])
+            if after:
+                after(state)
+            if not echo:
+                return ""
+        return getattr(state, attr) or ""
 
     @command("no " + name)
     def clear(state: State, args: list) -> str:
@@ -139,15 +149,15 @@ setting("timeout", "timeout", integer=False, minimum=0.001)
 setting("tracking", "tracking", integer=False)
 setting("debug", "debug")
 setting("conn_max", "conn_max", minimum=1)
-setting("pending_max", "pending_max", minimum=1)
+setting("pending_max", "pending_max", minimum=1, echo=False)
 setting("client_acl", "client_acl", minimum=-1)
 setting("control_acl", "control_acl", minimum=-1)
 setting("idle_timeout", "idle_timeout", integer=False,
         render=lambda v: f"Idle timeout: {show(v)} seconds")
 setting("tarpit_acl", "tarpit_acl", minimum=-1, render=lambda v: f"tarpit_acl = {v}")
-setting("ssl_client_renegotiation_interval", "ssl_renegotiation_interval")
-path_setting("log", "log", after=_reopen_log)
-path_setting("web_stats", "web_stats")
+setting("ssl_client_renegotiation_interval", "ssl_renegotiation_interval", echo=False)
+path_setting("log", "log", after=_reopen_log, echo=True)
+path_setting("web_stats", "web_stats", echo=True)
 
 
 def _tls_changed(state: State, attr: str | None = None, old=None) -> None:
@@ -176,10 +186,9 @@ COMMANDS["no ssl_ocsp_response"] = lambda state, args: ""
 
 @command("clients_max")
 def clients_max(state: State, args: list) -> str:
-    if not _args(args, 1, "clients_max [N]"):
-        return str(state.clients.slots)
-    state.clients.resize(number(args[0], "clients_max"))
-    return ""
+    if _args(args, 1, "clients_max [N]"):
+        state.clients.resize(number(args[0], "clients_max"))
+    return str(state.clients.slots)
 
 
 @command("tcp_fastclose")
@@ -350,6 +359,8 @@ def listen(state: State, args: list) -> str:
         endpoint = parse_listen(args[0], "udp" if state.udp else "tcp")
     except AddressError as e:
         raise CommandError(f"listen: {e}") from None
+    if str(endpoint) == str(state.listen):
+        return ""                  # already listening there (a -F file re-read on SIGHUP)
     if state.runtime is not None:
         runtime(state, "relisten", endpoint)
     state.listen = endpoint
@@ -377,10 +388,15 @@ def connection(state: State, args: list) -> str:
     if conn is None:
         return f"Connection {args[0]}: not in use\n"
     server = conn.server
+    snap = status_report.connection_row(conn, time.time())
+    # pen's lines first (scripts parse them), then what pen-lb knows beyond them
     return (f"Connection {conn.id}:\n"
-            f"client = {conn.client}, server = {server.index if server else -1}\n"
-            f"server address = {server.endpoint if server else '-'}\n"
-            f"age = {time.time() - conn.started:.1f} s, sx = {conn.sx}, rx = {conn.rx}\n")
+            f"state = {1 if server else 0}\n"
+            f"downfd = -1, upfd = -1\n"
+            f"client = {snap['client']}, server = {server.index if server else -1}\n"
+            f"pend = 0\n"
+            f"server address = {snap['server_address'] or '-'}\n"
+            f"age = {snap['age']:.1f} s, sx = {conn.sx}, rx = {conn.rx}\n")
 
 
 @command("close")
@@ -392,7 +408,7 @@ def close(state: State, args: list) -> str:
         raise CommandError(f"close: no connection {args[0]}")
     if conn.close:
         conn.close()
-    return ""
+    return f"Forcibly closing connection {conn.id}\n"
 
 
 @command("socket")
@@ -410,14 +426,28 @@ def exit_(state: State, args: list) -> str:
 
 @command("status")
 def status(state: State, args: list) -> str:
-    return runtime(state, "write_status", args[0] if args else "html")
+    """status [html|json|prometheus]: the report; html is also written to the -w file."""
+    fmt = _args(args, 1, "status [html|json|prometheus]")[0] if args else "html"
+    if fmt not in status_report.FORMATS:
+        raise CommandError(f"status: unknown format {fmt!r} (html, json or prometheus)")
+    if state.runtime is not None:
+        return runtime(state, "write_status", fmt)
+    return status_report.render(state, fmt)
+
+
+@command("metrics")
+def metrics(state: State, args: list) -> str:
+    """Prometheus text metrics (the same as `status prometheus`)."""
+    _args(args, 0, "metrics")
+    return status_report.render(state, "prometheus")
 
 
 @command("include")
 def include(state: State, args: list) -> str:
     if len(args) != 1:
         raise CommandError("usage: include FILE")
-    return run_file(state, args[0])
+    run_file(state, args[0])
+    return ""
 
 
 @command("write")
@@ -536,6 +566,22 @@ def run_lines(state: State, lines, origin: str) -> str:
 
 
 _including: list[str] = []
+
+
+def scratch_copy(state: State) -> State:
+    """A State with the running configuration (replayed from `dump`) and nothing live."""
+    copy = State()
+    for attr in ("listen", "udp", "allow_exit", "config_file", "control"):
+        setattr(copy, attr, getattr(state, attr))
+    run_lines(copy, dump(state).splitlines(), "(running configuration)")
+    return copy
+
+
+def reload_file(state: State, path: str) -> None:
+    """SIGHUP: re-read the -F file, all or nothing. It runs against a scratch copy first;
+    only if every line passes there does it run for real."""
+    run_file(scratch_copy(state), path)
+    run_file(state, path)
 
 
 def run_file(state: State, path: str) -> str:

@@ -259,6 +259,7 @@ def run(state: State, opts: Options) -> int:
         if opts.chroot:
             daemon.enter_chroot(opts.chroot)
         if user is not None:
+            gevent.get_hub()      # its lazy imports must happen while Python is readable
             daemon.drop_privileges(user)
         runtime = Runtime(state, opts)
         state.runtime = runtime

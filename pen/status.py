@@ -1,0 +1,170 @@
+"""The status report (pen's -w page, `status`, SIGUSR1) as HTML, JSON and Prometheus text.
+
+Pure: `snapshot(state, now)` copies what the report shows into plain data, and each
+renderer turns that data into text. Nothing here touches a socket or a file.
+"""
+
+from __future__ import annotations
+
+import html as _html
+import json as _json
+import time
+
+from . import __version__
+from .state import State
+
+FORMATS = ("html", "json", "prometheus")
+
+
+def _peer(address) -> str:
+    if isinstance(address, tuple) and len(address) >= 2:
+        host = str(address[0])
+        return f"[{host}]:{address[1]}" if ":" in host else f"{host}:{address[1]}"
+    return str(address) if address else "unix"
+
+
+def server_state(server, now: float) -> str:
+    if server.endpoint is None:
+        return "unused"
+    if server.blacklisted(now):
+        return "blacklisted"
+    if server.full(False):
+        return "full"
+    return "up"
+
+
+def connection_row(conn, now: float) -> dict:
+    server = conn.server
+    return {"id": conn.id, "client": _peer(conn.client),
+            "server": server.index if server else None,
+            "server_address": str(server.endpoint) if server and server.endpoint else None,
+            "age": round(max(now - conn.started, 0), 1), "sent": conn.sx, "received": conn.rx}
+
+
+def snapshot(state: State, now: float | None = None) -> dict:
+    """Everything the status report shows, as plain data (the JSON form)."""
+    now = time.time() if now is None else now
+    servers = [{
+        "index": s.index, "address": s.address, "port": s.port,
+        "state": server_state(s, now),
+        "blacklisted_for": round(max(s.blacklist_until - now, 0), 1),
+        "connections": s.conn, "max": s.max, "hard": s.hard,
+        "sent": s.sx, "received": s.rx, "weight": s.weight, "prio": s.prio, "acl": s.acl,
+        "connects": s.total, "failures": s.failures,
+    } for s in state.servers]
+    clients = [{
+        "address": str(c.ip), "age": round(max(now - c.last, 0), 1), "last_server": c.server,
+        "connects": c.connects, "sent": c.sx, "received": c.rx,
+    } for c in state.clients]
+    connections = [connection_row(c, now) for c in list(state.connections.values())]
+    return {
+        "version": __version__, "time": round(now, 3),
+        "uptime": round(max(now - state.started, 0), 1),
+        "listen": str(state.listen) if state.listen else None,
+        "mode": {name: bool(getattr(state, name))
+                 for name in ("hash", "roundrobin", "stubborn", "weight", "prio")},
+        "servers": servers,
+        "clients_max": state.clients.slots, "clients": clients,
+        "conn_max": state.conn_max, "connections": connections,
+    }
+
+
+# --- HTML (pen's page: the same three tables) ------------------------------------------
+
+SERVER_COLUMNS = (("server", "index"), ("address", "address"), ("status", "state"),
+                  ("port", "port"), ("connections", "connections"), ("max soft", "max"),
+                  ("max hard", "hard"), ("sent", "sent"), ("received", "received"),
+                  ("weight", "weight"), ("prio", "prio"))
+CLIENT_COLUMNS = (("client", "#"), ("address", "address"), ("age(secs)", "age"),
+                  ("last server", "last_server"), ("connects", "connects"),
+                  ("sent", "sent"), ("received", "received"))
+CONNECTION_COLUMNS = (("connection", "id"), ("client", "client"), ("server", "server"),
+                      ("server address", "server_address"), ("age(secs)", "age"),
+                      ("sent", "sent"), ("received", "received"))
+
+
+def _cell(value) -> str:
+    return _html.escape("-" if value is None else str(value))
+
+
+def _table(columns, rows: list[dict]) -> list[str]:
+    out = ['<table bgcolor="#c0c0c0">', "<tr>"]
+    out += [f'<th bgcolor="#80f080">{_cell(title)}</th>' for title, _ in columns]
+    out.append("</tr>")
+    for number, row in enumerate(rows):
+        out.append("<tr>")
+        out += [f"<td>{_cell(number if key == '#' else row[key])}</td>" for _, key in columns]
+        out.append("</tr>")
+    out.append("</table>")
+    return out
+
+
+def html(snap: dict) -> str:
+    when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(snap["time"]))
+    out = ["<html>", "<head>", "<title>Pen status page</title>", "</head>",
+           '<body bgcolor="#ffffff"><h1>Pen status page</h1>',
+           f"Time {when}, {len(snap['servers'])} servers, "
+           f"{len(snap['connections'])} current<p>"]
+    out += _table(SERVER_COLUMNS, snap["servers"])
+    out.append(f"<h2>Active clients</h2>Max number of clients: {snap['clients_max']}<p>")
+    out += _table(CLIENT_COLUMNS, snap["clients"])
+    out.append(f"<h2>Active connections</h2>Number of connections: {snap['conn_max']} max, "
+               f"{len(snap['connections'])} used<p>")
+    out += _table(CONNECTION_COLUMNS, snap["connections"])
+    out += ["</body>", "</html>"]
+    return "\n".join(out) + "\n"
+
+
+def json(snap: dict) -> str:
+    return _json.dumps(snap, indent=1) + "\n"
+
+
+# --- Prometheus text exposition format --------------------------------------------------
+
+def _label(value) -> str:
+    return str(value).replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+
+SERVER_METRICS = (
+    ("pen_server_connections", "gauge", "connections", "Connections open to the server."),
+    ("pen_server_connections_max", "gauge", "max", "Soft connection limit (0 = none)."),
+    ("pen_server_connects_total", "counter", "connects", "Connections made to the server."),
+    ("pen_server_failures_total", "counter", "failures", "Connects to the server that failed."),
+    ("pen_server_sent_bytes_total", "counter", "sent", "Bytes sent to the server."),
+    ("pen_server_received_bytes_total", "counter", "received", "Bytes received from the server."),
+    ("pen_server_weight", "gauge", "weight", "Server weight."),
+    ("pen_server_prio", "gauge", "prio", "Server priority."),
+)
+
+
+def prometheus(snap: dict) -> str:
+    out = []
+
+    def metric(name, kind, text, samples):
+        out.append(f"# HELP {name} {text}")
+        out.append(f"# TYPE {name} {kind}")
+        for labels, value in samples:
+            inner = ",".join(f'{k}="{_label(v)}"' for k, v in labels.items())
+            out.append(f"{name}{{{inner}}} {value}" if inner else f"{name} {value}")
+
+    def who(s):
+        return {"server": s["index"], "address": s["address"], "port": s["port"]}
+
+    metric("pen_up", "gauge", "The balancer is running.", [({}, 1)])
+    metric("pen_uptime_seconds", "gauge", "Seconds since start.", [({}, snap["uptime"])])
+    metric("pen_connections", "gauge", "Connections in flight.",
+           [({}, len(snap["connections"]))])
+    metric("pen_connections_max", "gauge", "Connection limit (-x).", [({}, snap["conn_max"])])
+    metric("pen_clients", "gauge", "Clients in the client table.", [({}, len(snap["clients"]))])
+    metric("pen_clients_max", "gauge", "Client table slots (-c).", [({}, snap["clients_max"])])
+    metric("pen_server_up", "gauge", "1 if the server is available (not blacklisted, unused).",
+           [(who(s), int(s["state"] in ("up", "full"))) for s in snap["servers"]])
+    metric("pen_server_blacklisted_seconds", "gauge", "Seconds of blacklisting left.",
+           [(who(s), s["blacklisted_for"]) for s in snap["servers"]])
+    for name, kind, key, text in SERVER_METRICS:
+        metric(name, kind, text, [(who(s), s[key]) for s in snap["servers"]])
+    return "\n".join(out) + "\n"
+
+
+def render(state: State, fmt: str = "html", now: float | None = None) -> str:
+    return {"html": html, "json": json, "prometheus": prometheus}[fmt](snapshot(state, now))
