@@ -27,7 +27,8 @@ def parse_args(argv):
     up = command("up", "create the lab's networks and containers", images=True)
     up.add_argument("--topology", default="classic")
     command("status", "show the lab's networks and containers")
-    command("down", "remove everything the lab created (label pen-lab=1)")
+    down = command("down", "remove the lab's containers and networks (label pen-lab=1)")
+    down.add_argument("--images", action="store_true", help="also remove the lab's images")
     command("list", "list the scenarios")
     scenario = command("scenario", "run one scenario and narrate it", pen=True, images=True)
     scenario.add_argument("name")
@@ -104,7 +105,7 @@ def main(argv=None):
             elif args.command == "status":
                 print("\n".join(docker_lab.status(engine)))
             elif args.command == "down":
-                docker_lab.down(engine, print)
+                docker_lab.down(engine, print, with_images=args.images)
     except LabError as err:
         print(f"pen-lab: {err}", file=sys.stderr)
         return 2

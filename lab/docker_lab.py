@@ -66,7 +66,7 @@ def connect(timeout=300):
         raise LabError(f"no docker engine answers ({err}); try `pen-lab demo --local`") from None
 
 
-def down(engine, say):
+def down(engine, say, with_images=False):
     """Remove every container and network carrying the lab's label, and nothing else."""
     for box in engine.containers.list(all=True, filters={"label": LABEL}):
         say(f"removing container {box.name}")
@@ -74,6 +74,11 @@ def down(engine, say):
     for net in engine.networks.list(filters={"label": LABEL}):
         say(f"removing network {net.name}")
         net.remove()
+    if with_images:  # the app images first: they are built on the base
+        for image in sorted(engine.images.list(filters={"label": LABEL}),
+                            key=lambda i: images.BASE_TAG in i.tags):
+            say(f"removing image {' '.join(image.tags) or image.short_id}")
+            engine.images.remove(image.id, force=True)
 
 
 def up(engine, say, topology="classic", pen="py", source=None, base=None):
