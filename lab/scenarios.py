@@ -168,10 +168,10 @@ def emergency(lab, story):
     story.event(f"servers are back; pen returns to them after -b {BLACKLIST}s")
     deadline = time.monotonic() + BLACKLIST + 10
     after = []
-    while time.monotonic() < deadline and not set(servers_of(after[-2:])) & set(lab.servers):
-        after += lab.http(client, 2, interval=0.3)
+    while time.monotonic() < deadline and not (after and after[-1].server in lab.servers):
+        after += lab.http(client, 1, interval=0.3)
     story.replies(client, after)
-    check(set(servers_of(after[-2:])) <= set(lab.servers) and servers_of(after[-2:]),
+    check(after[-1].server in lab.servers,
           "regular servers did not take over again after the blacklist time")
 
 
