@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import socket
 from dataclasses import dataclass, field
@@ -137,7 +138,12 @@ def client_ip(address) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
     """The client's IP as pen keys it: IPv4-mapped IPv6 folded to IPv4, UNIX peers None."""
     if not isinstance(address, tuple) or not address:
         return None
-    ip = ipaddress.ip_address(address[0].split("%", 1)[0])
+    return _parse_ip(address[0])
+
+
+@functools.lru_cache(maxsize=4096)        # clients come back: parse each address once
+def _parse_ip(text: str):
+    ip = ipaddress.ip_address(text.split("%", 1)[0])
     if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped:
         return ip.ipv4_mapped
     return ip

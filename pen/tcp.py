@@ -12,6 +12,7 @@ import socket
 import time
 
 import gevent
+import gevent.select
 from gevent import socket as gsocket
 from gevent.server import StreamServer
 
@@ -181,6 +182,9 @@ class TcpBalancer:
             transform = _FirstLine(transform, lambda line: self.log_line(
                 f"{ip} {int(time.time())} {server.endpoint} {line}"))
         fastclose = state.tcp_fastclose
+        if not _traffic(client, upstream, flow.idle):
+            log.debug("idle timeout before any traffic")
+            return
         back = gevent.spawn(self._direction, upstream, client, flow, to_client,
                             None, fastclose in ("up", "both"))
         try:
@@ -205,6 +209,18 @@ class TcpBalancer:
             return
         if fastclose or not relay.end_writes(dst):
             _close(src, [dst])
+
+
+def _traffic(client, upstream, idle) -> bool:
+    """Wait until either side has something to say (False: idle_timeout passed first).
+
+    Until then the connection costs one greenlet and its two sockets; the pump for the
+    other direction is spawned once bytes move. Usually the client's request is already
+    there, and gevent's select answers from one non-blocking select(2) without waiting."""
+    if not (relay.plain(client) and relay.plain(upstream)):
+        return True                  # a TLS layer may hold decrypted bytes the fd won't show
+    readable, _, _ = gevent.select.select([client, upstream], [], [], idle)
+    return bool(readable)
 
 
 class _FirstLine:

@@ -299,3 +299,18 @@ def _served(port):
         return curl_json(url(port), timeout=2)["name"] == "a"
     except AssertionError:
         return False
+
+
+def test_a_silent_client_costs_two_fds_and_no_pipe(backends, start_pen):
+    """Client socket + upstream socket: no pipes, nothing else, however many wait."""
+    pen, port = start_pen(servers=[backends[0].spec])
+    fds = lambda: len(os.listdir(f"/proc/{pen.proc.pid}/fd"))  # noqa: E731
+    wait_for(lambda: fds() == fds(), what="a steady fd count")
+    before = fds()
+    silent = [socket.create_connection(("127.0.0.1", port), timeout=5) for _ in range(20)]
+    wait_for(lambda: fds() - before == 40, what="40 more fds", timeout=10)
+    time.sleep(0.3)                       # nothing else may appear while they stay silent
+    assert fds() - before == 40
+    for s in silent:
+        s.close()
+    wait_for(lambda: fds() == before, what="the fds to be released")
