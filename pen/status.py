@@ -84,6 +84,8 @@ CONNECTION_COLUMNS = (("connection", "id"), ("client", "client"), ("server", "se
 
 
 def _cell(value) -> str:
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
     return _html.escape("-" if value is None else str(value))
 
 

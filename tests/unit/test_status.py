@@ -1,0 +1,109 @@
+"""The status report: pen's HTML page (escaped), JSON with the same data, Prometheus text."""
+
+import json
+import re
+
+from pen import cli, penctl, status
+from pen.addr import Endpoint
+from pen.state import Server
+
+NOW = 1_800_000_000.0
+
+
+def busy_state():
+    state, _ = cli.parse(["8080", "127.0.0.1:81:10:20:3:1", "[::1]:82"])
+    state.started = NOW - 60
+    s0, s1 = state.servers
+    s0.conn, s0.sx, s0.rx, s0.total = 2, 1000, 5000, 7
+    state.blacklist(s1, NOW, 30)
+    client = state.clients.touch(__import__("ipaddress").ip_address("10.0.0.5"), NOW - 4)
+    client.server, client.connects, client.sx, client.rx = 0, 3, 100, 200
+    conn = state.open_connection(("10.0.0.5", 40000))
+    conn.server, conn.started, conn.sx, conn.rx = s0, NOW - 2, 10, 20
+    return state
+
+
+def test_snapshot_has_pens_columns():
+    snap = status.snapshot(busy_state(), NOW)
+    s0, s1 = snap["servers"]
+    assert (s0["address"], s0["port"], s0["state"], s0["connections"], s0["max"], s0["hard"],
+            s0["sent"], s0["received"], s0["weight"], s0["prio"]) == (
+        "127.0.0.1", 81, "up", 2, 10, 20, 1000, 5000, 3, 1)
+    assert (s1["state"], s1["blacklisted_for"]) == ("blacklisted", 30)
+    assert snap["clients"] == [{"address": "10.0.0.5", "age": 4, "last_server": 0,
+                                "connects": 3, "sent": 100, "received": 200}]
+    [conn] = snap["connections"]
+    assert (conn["client"], conn["server"], conn["server_address"], conn["age"]) == (
+        "10.0.0.5:40000", 0, "127.0.0.1:81", 2)
+    assert snap["uptime"] == 60 and snap["conn_max"] == 500 and snap["clients_max"] == 2048
+
+
+def test_html_page_has_three_tables_with_the_data():
+    page = status.html(status.snapshot(busy_state(), NOW))
+    assert page.startswith("<html>") and page.rstrip().endswith("</html>")
+    assert page.count("<table") == 3
+    assert "2 servers, 1 current" in page
+    rows = re.findall(r"<tr>\n(.*?)</tr>", page, re.S)
+    cells = [re.findall(r"<td>(.*?)</td>", row) for row in rows]
+    assert ["0", "127.0.0.1", "up", "81", "2", "10", "20", "1000", "5000", "3", "1"] in cells
+    assert ["1", "::1", "blacklisted", "82", "0", "0", "0", "0", "0", "0", "0"] in cells
+    assert ["0", "10.0.0.5", "4", "0", "3", "100", "200"] in cells
+    assert ["0", "10.0.0.5:40000", "0", "127.0.0.1:81", "2", "10", "20"] in cells
+
+
+def test_html_escapes_what_it_shows():
+    state = busy_state()
+    state.servers.append(Server(2, Endpoint(path="/run/<script>&\"x'.sock")))
+    state.open_connection("<b>unix peer</b>")
+    page = status.html(status.snapshot(state, NOW))
+    assert "<script>" not in page and "<b>" not in page
+    assert "/run/&lt;script&gt;&amp;&quot;x&#x27;.sock" in page
+    assert "&lt;b&gt;unix peer&lt;/b&gt;" in page
+
+
+def test_json_is_the_snapshot():
+    snap = status.snapshot(busy_state(), NOW)
+    assert json.loads(status.json(snap)) == json.loads(json.dumps(snap))
+
+
+def test_prometheus_text_format():
+    text = status.prometheus(status.snapshot(busy_state(), NOW))
+    lines = text.splitlines()
+    assert "pen_connections 1" in lines and "pen_connections_max 500" in lines
+    assert 'pen_server_sent_bytes_total{server="0",address="127.0.0.1",port="81"} 1000' in lines
+    assert 'pen_server_up{server="1",address="::1",port="82"} 0' in lines
+    assert 'pen_server_connects_total{server="0",address="127.0.0.1",port="81"} 7' in lines
+    sample = re.compile(r'^[a-z_]+(\{([a-z_]+="([^"\\]|\\.)*",?)*\})? -?[0-9.e+]+$')
+    for line in lines:
+        assert line.startswith("# HELP ") or line.startswith("# TYPE ") or sample.match(line), line
+    names = [line.split()[2] for line in lines if line.startswith("# TYPE")]
+    assert len(names) == len(set(names))
+
+
+def test_prometheus_label_escaping():
+    state = busy_state()
+    state.servers.append(Server(2, Endpoint(path='/tmp/a"b\\c\nd')))
+    text = status.prometheus(status.snapshot(state, NOW))
+    assert 'address="/tmp/a\\"b\\\\c\\nd"' in text
+
+
+def test_render_formats():
+    state = busy_state()
+    for fmt in status.FORMATS:
+        assert status.render(state, fmt, NOW)
+
+
+# penctl's --json: pen's answers as data (works against the C pen too)
+
+def test_penctl_json_parses_pens_answers():
+    servers = ("0 addr 127.0.0.1 port 81 conn 0 max 10 hard 20 weight 3 prio 1 sx 5 rx 6\n"
+               "1 addr ::1 port 82 conn 1 max 0 hard 0 weight 0 prio 0 sx 0 rx 0\n")
+    assert penctl.as_json("servers", servers)[0] == {
+        "server": 0, "addr": "127.0.0.1", "port": 81, "conn": 0, "max": 10, "hard": 20,
+        "weight": 3, "prio": 1, "sx": 5, "rx": 6}
+    assert penctl.as_json("recent 60", "10.0.0.1 connects 2 sx 3 rx 4\n") == [
+        {"address": "10.0.0.1", "connects": 2, "sx": 3, "rx": 4}]
+    assert penctl.as_json("mode", "hash no roundrobin no stubborn weight no prio\n") == {
+        "hash": True, "roundrobin": False, "stubborn": False, "weight": True, "prio": False}
+    assert penctl.as_json("blacklist", "30\n") == {"answer": 30}
+    assert penctl.as_json("status json", '{"servers": []}\n') == {"servers": []}
