@@ -191,9 +191,14 @@ def undo(all_steps: list[Step], state_file: str, dry_run: bool = False, out=None
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["vrrp"]:
+        from pen import vrrp
+        return vrrp.main(argv[1:])
     parser = argparse.ArgumentParser(prog="pen-setup",
-                                     description="prepare the host for pen's transparent mode")
-    parser.add_argument("feature", choices=["transparent"])
+                                     description="prepare the host for pen's transparent mode "
+                                     "(or `pen-setup vrrp --help`: keepalived for pen's VIP)")
+    parser.add_argument("feature", choices=["transparent", "vrrp"])
     parser.add_argument("--undo", action="store_true", help="remove what pen-setup added")
     parser.add_argument("--dry-run", action="store_true", help="print, change nothing")
     parser.add_argument("--family", choices=["4", "6", "both"], default="both")

@@ -1,0 +1,208 @@
+"""pen-setup vrrp: several pen boxes share one address; keepalived decides which one holds it.
+
+    pen-setup vrrp --interface IF --vip ADDR/LEN --priority N [--router-id N]
+                   [--peer ADDR ...] [--check-port PORT] [--nopreempt] (--print | --write FILE)
+
+`render` (pure) turns the settings into a keepalived.conf: one vrrp_instance holding the VIP,
+tracking a vrrp_script that runs `python -m pen.vrrp check 127.0.0.1:PORT`. The check fails
+when nothing accepts a TCP connection there within a second, so a box whose pen died (not
+only a dead box) enters FAULT, releases the VIP and the next priority takes it over.
+Unicast adverts go to the peers when any are given; otherwise VRRP's multicast group.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import os
+import socket
+import sys
+from dataclasses import dataclass
+
+
+class VrrpError(ValueError):
+    pass
+
+
+@dataclass(frozen=True)
+class Vrrp:
+    interface: str
+    vip: str                          # ADDR/LEN
+    priority: int
+    router_id: int = 51
+    peers: tuple[str, ...] = ()
+    check_port: int = 80
+    check_host: str = "127.0.0.1"
+    preempt: bool = True
+    advert_int: int = 1
+    script_user: str = "nobody"
+    python: str = sys.executable
+
+    def validate(self) -> None:
+        if not self.interface or len(self.interface) > 15 or any(c.isspace() or c in '"/'
+                                                                 for c in self.interface):
+            raise VrrpError(f"--interface {self.interface!r}: not an interface name")
+        if "/" not in self.vip:
+            raise VrrpError(f"--vip {self.vip}: give ADDR/LEN, e.g. 192.0.2.10/24")
+        try:
+            vip = ipaddress.ip_interface(self.vip)
+        except ValueError:
+            raise VrrpError(f"--vip {self.vip}: not an address/prefix length") from None
+        if not 1 <= self.priority <= 254:
+            raise VrrpError(f"--priority {self.priority}: must be 1..254 "
+                            "(255 is for the owner of a real address)")
+        if not 1 <= self.router_id <= 255:
+            raise VrrpError(f"--router-id {self.router_id}: must be 1..255")
+        if not self.script_user or any(c.isspace() or c == '"' for c in self.script_user):
+            raise VrrpError(f"--script-user {self.script_user!r}: not a user name")
+        if not 1 <= self.check_port <= 65535:
+            raise VrrpError(f"--check-port {self.check_port}: must be 1..65535")
+        if not 1 <= self.advert_int <= 255:
+            raise VrrpError(f"--advert-int {self.advert_int}: must be 1..255")
+        for peer in self.peers:
+            try:
+                address = ipaddress.ip_address(peer)
+            except ValueError:
+                raise VrrpError(f"--peer {peer}: not an IP address") from None
+            if address.version != vip.version:
+                raise VrrpError(f"--peer {peer}: not the VIP's address family")
+            if address == vip.ip:
+                raise VrrpError(f"--peer {peer}: is the VIP itself; give the other boxes' "
+                                "own addresses")
+
+    @property
+    def instance(self) -> str:
+        return f"pen_vip_{self.router_id}"
+
+
+def render(vrrp: Vrrp) -> str:
+    """keepalived.conf text for `vrrp` (validated first)."""
+    vrrp.validate()
+    vip = ipaddress.ip_interface(vrrp.vip)
+    check = f"{vrrp.python} -m pen.vrrp check {vrrp.check_host}:{vrrp.check_port}"
+    lines = [
+        "# written by pen-setup vrrp: pen's VIP, held by the healthiest box",
+        "global_defs {",
+        f"    router_id pen_{vrrp.router_id}",
+        "    enable_script_security",          # refuse checks that non-root users could edit
+        f"    script_user {vrrp.script_user}",
+        "}",
+        "",
+        "# fails when pen does not accept a connection: this box then enters FAULT",
+        "vrrp_script pen_alive {",
+        f'    script "{check}"',
+        "    interval 1",
+        "    timeout 2",
+        "    fall 2",
+        "    rise 2",
+        "}",
+        "",
+        f"vrrp_instance {vrrp.instance} {{",
+        "    state BACKUP",                    # the election, not the file, picks the master
+        f"    interface {vrrp.interface}",
+        f"    virtual_router_id {vrrp.router_id}",
+        f"    priority {vrrp.priority}",
+        f"    advert_int {vrrp.advert_int}",
+    ]
+    if vip.version == 6:
+        lines.append("    version 3")          # VRRP over IPv6 exists only in version 3
+    if not vrrp.preempt:
+        lines.append("    nopreempt")
+    if vrrp.peers:
+        lines += ["    unicast_peer {", *(f"        {peer}" for peer in vrrp.peers), "    }"]
+    lines += [
+        "    virtual_ipaddress {",
+        f"        {vip.with_prefixlen} dev {vrrp.interface}",
+        "    }",
+        "    track_script {",
+        "        pen_alive",
+        "    }",
+        "}",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+# --- the thin I/O part ------------------------------------------------------------------
+
+def check(target: str, timeout: float = 1.0) -> int:
+    """Exit status for keepalived: 0 when something accepts a connection at HOST:PORT."""
+    host, _, port = target.rpartition(":")
+    try:
+        with socket.create_connection((host.strip("[]") or "127.0.0.1", int(port)), timeout):
+            return 0
+    except (OSError, ValueError) as e:
+        print(f"pen.vrrp check {target}: {e}", file=sys.stderr)
+        return 1
+
+
+def write(path: str, text: str) -> None:
+    """Replace `path` atomically; an existing, different file is kept as PATH.bak."""
+    try:
+        with open(path) as f:
+            if f.read() == text:
+                return
+        os.replace(path, path + ".bak")
+    except FileNotFoundError:
+        pass
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    tmp = f"{path}.tmp{os.getpid()}"
+    with open(tmp, "w") as f:
+        f.write(text)
+    os.chmod(tmp, 0o644)
+    os.replace(tmp, path)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["check"]:
+        if len(argv) != 2:
+            print("usage: python -m pen.vrrp check HOST:PORT", file=sys.stderr)
+            return 1
+        return check(argv[1])
+    parser = argparse.ArgumentParser(
+        prog="pen-setup vrrp",
+        description="keepalived.conf for a VIP that moves away from a box whose pen died")
+    parser.add_argument("--interface", required=True, help="interface that carries the VIP")
+    parser.add_argument("--vip", required=True, help="the shared address, ADDR/LEN")
+    parser.add_argument("--priority", required=True, type=int,
+                        help="1..254; the highest healthy box holds the VIP")
+    parser.add_argument("--router-id", type=int, default=51,
+                        help="virtual router id, the same on every box (default 51)")
+    parser.add_argument("--peer", action="append", default=[],
+                        help="another box's own address: unicast adverts (repeatable); "
+                        "multicast when none")
+    parser.add_argument("--check-port", type=int, default=80,
+                        help="a port pen listens on at 127.0.0.1 (its listen port when it "
+                        "listens on all addresses, or its -C control port); default 80")
+    parser.add_argument("--nopreempt", action="store_true",
+                        help="a recovered higher-priority box does not take the VIP back")
+    parser.add_argument("--script-user", default="nobody",
+                        help="user that runs the check (it only opens a connection); it must "
+                        "be able to run this Python (default nobody)")
+    parser.add_argument("--advert-int", type=int, default=1, help="seconds between adverts")
+    out = parser.add_mutually_exclusive_group(required=True)
+    out.add_argument("--print", action="store_true", help="write the config to stdout")
+    out.add_argument("--write", metavar="FILE",
+                     help="write the config there, e.g. /etc/keepalived/keepalived.conf")
+    args = parser.parse_args(argv)
+    vrrp = Vrrp(args.interface, args.vip, args.priority, args.router_id, tuple(args.peer),
+                args.check_port, preempt=not args.nopreempt, advert_int=args.advert_int,
+                script_user=args.script_user)
+    try:
+        text = render(vrrp)
+        if args.print:
+            sys.stdout.write(text)
+        else:
+            write(args.write, text)
+            print(f"wrote {args.write}; start or reload keepalived to apply it")
+    except VrrpError as e:
+        print(f"pen-setup vrrp: {e}", file=sys.stderr)
+        return 1
+    except OSError as e:
+        print(f"pen-setup vrrp: {args.write}: {e.strerror}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,97 @@
+"""pen-setup vrrp: the keepalived.conf it renders and the mistakes it refuses."""
+
+import pytest
+
+from pen import setup_host
+from pen.vrrp import Vrrp, VrrpError, render
+
+
+def block(text, header):
+    """The lines of the `header {` block, up to its closing brace."""
+    lines = text.splitlines()
+    start = lines.index(header + " {")
+    depth, out = 0, []
+    for line in lines[start:]:
+        depth += line.count("{") - line.count("}")
+        out.append(line.strip())
+        if depth == 0:
+            return out
+    raise AssertionError(f"{header} not closed")
+
+
+def test_instance_holds_the_vip_and_tracks_pen():
+    text = render(Vrrp("eth1", "192.0.2.10/24", 150, python="/usr/bin/python3"))
+    inst = block(text, "vrrp_instance pen_vip_51")
+    assert "state BACKUP" in inst and "interface eth1" in inst
+    assert "virtual_router_id 51" in inst and "priority 150" in inst and "advert_int 1" in inst
+    assert "192.0.2.10/24 dev eth1" in inst
+    assert inst[inst.index("track_script {") + 1] == "pen_alive"
+    assert "nopreempt" not in inst and "version 3" not in inst
+    assert not any("unicast_peer" in line for line in inst)          # multicast by default
+    script = block(text, "vrrp_script pen_alive")
+    assert 'script "/usr/bin/python3 -m pen.vrrp check 127.0.0.1:80"' in script
+    assert {"interval 1", "fall 2", "rise 2"} <= set(script)
+    assert not any(line.startswith("weight") for line in script)     # failure means FAULT
+    assert {"enable_script_security", "script_user nobody"} <= set(block(text, "global_defs"))
+    assert text.count("{") == text.count("}")
+
+
+def test_options_reach_the_config():
+    text = render(Vrrp("bond0", "192.0.2.10/26", 90, router_id=7, peers=("192.0.2.2",
+                  "192.0.2.3"), check_port=10080, preempt=False, advert_int=2,
+                  script_user="pen", python="/opt/pen/bin/python"))
+    inst = block(text, "vrrp_instance pen_vip_7")
+    assert {"virtual_router_id 7", "priority 90", "advert_int 2", "nopreempt"} <= set(inst)
+    peers = inst[inst.index("unicast_peer {") + 1:]
+    assert peers[:3] == ["192.0.2.2", "192.0.2.3", "}"]
+    assert "192.0.2.10/26 dev bond0" in inst
+    assert 'script "/opt/pen/bin/python -m pen.vrrp check 127.0.0.1:10080"' in text
+    assert "script_user pen" in text
+
+
+def test_ipv6_vip_uses_vrrp_version_3():
+    text = render(Vrrp("eth0", "2001:db8::10/64", 100, peers=("2001:db8::2",)))
+    assert "version 3" in block(text, "vrrp_instance pen_vip_51")
+    assert "2001:db8::10/64 dev eth0" in text
+
+
+@pytest.mark.parametrize("kwargs, named", [
+    ({"vip": "192.0.2.10"}, "--vip"),
+    ({"vip": "192.0.2.300/24"}, "--vip"),
+    ({"priority": 255}, "--priority"),
+    ({"priority": 0}, "--priority"),
+    ({"router_id": 256}, "--router-id"),
+    ({"interface": "has space"}, "--interface"),
+    ({"interface": "x" * 16}, "--interface"),
+    ({"peers": ("2001:db8::2",)}, "--peer"),
+    ({"peers": ("not-an-ip",)}, "--peer"),
+    ({"peers": ("192.0.2.10",)}, "--peer"),
+    ({"check_port": 0}, "--check-port"),
+    ({"script_user": 'a"b'}, "--script-user"),
+])
+def test_mistakes_name_the_option(kwargs, named):
+    settings = dict(interface="eth0", vip="192.0.2.10/24", priority=100) | kwargs
+    with pytest.raises(VrrpError, match=f"^{named} "):
+        render(Vrrp(**settings))
+
+
+def test_cli_prints_writes_and_refuses(tmp_path, capsys):
+    base = ["vrrp", "--interface", "eth0", "--vip", "192.0.2.10/24", "--priority", "120"]
+    assert setup_host.main([*base, "--peer", "192.0.2.3", "--print"]) == 0
+    printed = capsys.readouterr().out
+    assert "unicast_peer {" in printed and "priority 120" in printed
+
+    target = tmp_path / "keepalived" / "keepalived.conf"
+    assert setup_host.main([*base, "--write", str(target)]) == 0
+    assert target.read_text() == render(Vrrp("eth0", "192.0.2.10/24", 120))
+    assert setup_host.main([*base, "--nopreempt", "--write", str(target)]) == 0
+    assert "nopreempt" in target.read_text()
+    assert "nopreempt" not in (tmp_path / "keepalived" / "keepalived.conf.bak").read_text()
+
+    capsys.readouterr()
+    assert setup_host.main([*base[:-1], "300", "--print"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("pen-setup vrrp: --priority 300") and err.count("\n") == 1
+    with pytest.raises(SystemExit):                      # neither --print nor --write
+        setup_host.main(base)
+
