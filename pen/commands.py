@@ -95,19 +95,22 @@ def flag(name: str, attr: str | None = None) -> None:
     COMMANDS[name], COMMANDS["no " + name] = setter(True), setter(False)
 
 
-def path_setting(name: str, attr: str, after: Callable[[State], None] | None = None,
-                 echo: bool = False):
-    """`name` shows a file name, `name FILE` sets it (with echo, shows it as pen does for
-    log and web_stats), `no name` clears it."""
+def text_setting(name: str, attr: str, after: Callable[[State], None] | None = None,
+                 echo: bool = False, clearable: bool = True, what: str = "FILE"):
+    """`name` shows a word (a file, an address, an interface), `name VALUE` sets it (with
+    echo, shows it as pen does for log and web_stats), `no name` clears it if clearable."""
     @command(name)
     def handler(state: State, args: list) -> str:
-        if _args(args, 1, f"{name} [FILE]"):
+        if _args(args, 1, f"{name} [{what}]"):
             setattr(state, attr, args[0])
             if after:
                 after(state)
             if not echo:
                 return ""
         return getattr(state, attr) or ""
+
+    if not clearable:
+        return handler
 
     @command("no " + name)
     def clear(state: State, args: list) -> str:
@@ -156,8 +159,8 @@ setting("idle_timeout", "idle_timeout", integer=False,
         render=lambda v: f"Idle timeout: {show(v)} seconds")
 setting("tarpit_acl", "tarpit_acl", minimum=-1, render=lambda v: f"tarpit_acl = {v}")
 setting("ssl_client_renegotiation_interval", "ssl_renegotiation_interval", echo=False)
-path_setting("log", "log", after=_reopen_log, echo=True)
-path_setting("web_stats", "web_stats", echo=True)
+text_setting("log", "log", after=_reopen_log, echo=True)
+text_setting("web_stats", "web_stats", echo=True)
 
 
 def _tls_changed(state: State, attr: str | None = None, old=None) -> None:
@@ -172,7 +175,7 @@ def _tls_changed(state: State, attr: str | None = None, old=None) -> None:
         raise
 
 
-path_setting("ssl_sni_path", "ssl_sni_path", after=_tls_changed)
+text_setting("ssl_sni_path", "ssl_sni_path", after=_tls_changed)
 
 
 @command("ssl_ocsp_response")
@@ -201,20 +204,8 @@ def tcp_fastclose(state: State, args: list) -> str:
     return ""
 
 
-@command("source")
-def source(state: State, args: list) -> str:
-    if not _args(args, 1, "source [IP]"):
-        return state.source or ""
-    state.source = args[0]
-    return ""
-
-
-@command("dsr_if")
-def dsr_if(state: State, args: list) -> str:
-    if not _args(args, 1, "dsr_if IF"):
-        return state.dsr_if or ""
-    state.dsr_if = args[0]
-    return ""
+text_setting("source", "source", what="IP")
+text_setting("dsr_if", "dsr_if", clearable=False, what="IF")
 
 
 @command("ssl_ciphers")

@@ -10,8 +10,9 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
+
+from support import wait_for as wait_until  # noqa: F401  (the netns tests use this name)
 
 ROOT = Path(__file__).resolve().parent.parent.parent
 
@@ -35,17 +36,6 @@ class S(ThreadingHTTPServer):
     daemon_threads = True
 S((host, port), H).serve_forever()
 """
-
-
-def wait_until(condition, timeout=10.0, what="condition", interval=0.05):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(interval)
 
 
 class Lab:
