@@ -376,3 +376,24 @@ def test_a_thousand_control_clients_while_traffic_flows(backends, start_pen):
     assert answers.count(good) == 900
     assert set(traffic) <= {"a", "b"}
     assert pen.proc.poll() is None and "Traceback" not in pen.output()
+
+
+def test_connection_and_close(backends, start_pen):
+    pen, port, ctl = start_with_control(start_pen, servers=[backends[0].spec])
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as keep:
+        keep.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        reply = b""
+        while not reply.endswith(b"}"):
+            chunk = keep.recv(65536)
+            assert chunk, reply
+            reply += chunk
+        [conn] = json.loads(penctl(ctl, "status", "json", binary=None))["connections"]
+        text = penctl(ctl, "connection", str(conn["id"]), binary=None)
+        client = f"127.0.0.1:{keep.getsockname()[1]}"
+        assert text.startswith(f"Connection {conn['id']}:\nstate = 1\ndownfd = -1, upfd = -1\n"
+                               f"client = {client}, server = 0\npend = 0\n")
+        assert penctl(ctl, "close", str(conn["id"]), binary=None) == (
+            f"Forcibly closing connection {conn['id']}\n")
+        assert keep.recv(65536) == b""                      # pen closed it
+    assert penctl(ctl, "connection", "999999", binary=None) == "Connection 999999: not in use\n"
+    assert penctl(ctl, "close", "999999", binary=None) == "close: no connection 999999\n"
