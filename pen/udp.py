@@ -91,7 +91,7 @@ class Session:
             sock = self.balancer.open_backend(server, self.client)
         except OSError as e:
             self.balancer.count("udp_socket_errors")
-            log.warning("UDP: no socket for %s: %s", server.endpoint, e.strerror or e)
+            self.balancer.warn(f"UDP: no socket for {server.endpoint}: {e.strerror or e}")
             return False
         old_sock, old_greenlet = self.sock, self.greenlet
         if self.server is not None:
@@ -245,9 +245,17 @@ class UdpBalancer:
         self.connect_hooks = []          # fn(sock, server, client_address): transparent, source
         self.loops: list = []
         self.receiver = None
+        self.warned = 0.0
 
     def count(self, what: str) -> None:
         self.state.counters[what] += 1
+
+    def warn(self, message: str) -> None:
+        """Our own shortage (out of fds): log it once a minute, not once a datagram."""
+        now = time.monotonic()
+        if now - self.warned >= 60 or not self.warned:
+            self.warned = now
+            log.warning("%s", message)
 
     # the backend socket: the one place a transparent hook needs to wrap -------------------
 
