@@ -179,4 +179,15 @@ def ensure_image(client, say, source=None, base=None):
         except docker.errors.BuildError as err:
             lines = [entry.get("stream", "") for entry in err.build_log]
             raise LabError(f"app image build failed: {err}\n{''.join(lines)[-2000:]}") from None
+    _forget_older_apps(client, tag)
     return tag
+
+
+def _forget_older_apps(client, keep):
+    """App images of earlier source trees are dead weight; drop those no container uses."""
+    for image in client.images.list(name=APP_REPO, filters={"label": LABEL}):
+        if keep not in image.tags:
+            try:
+                client.images.remove(image.id)
+            except docker.errors.APIError:
+                pass  # still used by a container: `pen-lab down --images` will take it
