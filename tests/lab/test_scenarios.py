@@ -60,3 +60,23 @@ def test_tftp_get_and_put_byte_exact(lab):
 
 def test_smtp_into_maildir(lab):
     play("smtp", lab)
+
+
+def test_down_removes_the_lab_and_nothing_else(lab):
+    """Runs last in this module: it takes the session's lab down."""
+    from pen_lab import docker_lab
+    engine = lab.engine
+    image = lab.boxes["penbox"].image
+    bystanders = [engine.networks.create("pen-lab-test-bystander", internal=True),
+                  engine.containers.create(image, ["true"], name="pen-lab-test-bystander",
+                                           network_mode="none")]
+    try:
+        docker_lab.down(engine, print)
+        labelled = {"label": docker_lab.LABEL}
+        assert engine.containers.list(all=True, filters=labelled) == []
+        assert engine.networks.list(filters=labelled) == []
+        assert engine.networks.get(bystanders[0].id)
+        assert engine.containers.get(bystanders[1].id)
+    finally:
+        bystanders[1].remove(force=True)
+        bystanders[0].remove()
