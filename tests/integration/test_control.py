@@ -62,6 +62,12 @@ def start_with_control(start_pen, *options, servers=(), unix=None):
     return pen, port, ctl
 
 
+def idle(ctl):
+    """Wait until no connection is in flight (the fixture's readiness probe makes one)."""
+    wait_for(lambda: all(" conn 0 " in line for line in penctl(ctl, "servers").splitlines()),
+             what="connections in flight to end")
+
+
 def penctl_ok(ctl):
     try:
         return penctl(ctl, "pid", timeout=5).strip().isdigit()
@@ -76,6 +82,7 @@ def test_real_penctl_reads_pens_formats(backends, start_pen):
     pen, port, ctl = start_with_control(start_pen, servers=[backends[0].spec,
                                                              backends[1].spec + ":10:20:3:1"])
     a, b = backends
+    idle(ctl)
     assert penctl(ctl, "servers") == (
         f"0 addr 127.0.0.1 port {a.port} conn 0 max 0 hard 0 weight 0 prio 0 sx 0 rx 0\n"
         f"1 addr 127.0.0.1 port {b.port} conn 0 max 10 hard 20 weight 3 prio 1 sx 0 rx 0\n")
@@ -111,6 +118,8 @@ def test_answers_match_the_c_pen(backends, start_pen, tmp_path):
     try:
         wait_for(lambda: penctl_ok(c_ctl), what="the C pen's control port")
         pen, port, ctl = start_with_control(start_pen, servers=servers)
+        idle(ctl)
+        idle(c_ctl)
         for line in ("servers", "mode", "clients_max", "conn_max", "blacklist", "timeout",
                      "tracking", "debug", "idle_timeout", "client_acl", "control_acl",
                      "blacklist 7", "timeout 5", "tracking 60", "debug 1", "idle_timeout 9",
@@ -235,6 +244,8 @@ def test_write_round_trip(four, start_pen, tmp_path):
     dumped = tmp_path / "dumped.cfg"
     assert penctl(ctl, "write", str(dumped), binary=None) == ""
     again, port2, ctl2 = start_with_control(start_pen, "-F", str(dumped))
+    idle(ctl)
+    idle(ctl2)
     for query in SETTINGS:
         ours = penctl(ctl, query, binary=None)
         theirs = penctl(ctl2, query, binary=None)
