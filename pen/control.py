@@ -14,6 +14,7 @@ import os
 import socket
 
 import gevent
+from gevent.pool import Pool
 from gevent.server import StreamServer
 
 from . import commands
@@ -91,7 +92,8 @@ class ControlServer(StreamServer):
 
     def __init__(self, sock, state: State, timeout: float = TIMEOUT,
                  concurrency: int = CONCURRENCY) -> None:
-        super().__init__(sock, self.serve_client, spawn=concurrency)
+        # an explicit Pool: gevent would import it lazily, after -u has dropped privileges
+        super().__init__(sock, self.serve_client, spawn=Pool(concurrency))
         self.state = state
         self.timeout = timeout
         self.served = 0
