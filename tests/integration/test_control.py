@@ -408,3 +408,19 @@ def test_connection_and_close(backends, start_pen):
         assert keep.recv(65536) == b""                      # pen closed it
     assert penctl(ctl, "connection", "999999", binary=None) == "Connection 999999: not in use\n"
     assert penctl(ctl, "close", "999999", binary=None) == "close: no connection 999999\n"
+
+
+@pytest.mark.root
+def test_control_port_as_nobody(backends, start_pen, tmp_path):
+    """-u nobody: everything the control port needs is loaded before privileges drop."""
+    os.chmod(tmp_path, 0o777)
+    page = tmp_path / "status.html"
+    ctl = ctl_address()[0]
+    pen, port = start_pen("-u", "nobody", "-C", ctl, "-w", str(page),
+                          servers=[backends[0].spec])
+    wait_for(lambda: penctl_ok(ctl), what="the control port")
+    assert landed(port, 2) == {"a"}
+    for words in (["servers"], ["status"], ["status", "json"], ["metrics"], ["recent"]):
+        assert penctl(ctl, *words, binary=None)
+    assert page.stat().st_uid == pwd.getpwnam("nobody").pw_uid
+    assert "Traceback" not in pen.output()
