@@ -411,16 +411,24 @@ def test_connection_and_close(backends, start_pen):
 
 
 @pytest.mark.root
-def test_control_port_as_nobody(backends, start_pen, tmp_path):
+def test_control_port_as_nobody(backends, start_pen):
     """-u nobody: everything the control port needs is loaded before privileges drop."""
-    os.chmod(tmp_path, 0o777)
-    page = tmp_path / "status.html"
+    import shutil
+    import tempfile
+    from pathlib import Path
+    shared = Path(tempfile.mkdtemp(prefix="pen-nobody-"))    # pytest's tmp is root-only
+    os.chmod(shared, 0o777)
+    page = shared / "status.html"
     ctl = ctl_address()[0]
     pen, port = start_pen("-u", "nobody", "-C", ctl, "-w", str(page),
                           servers=[backends[0].spec])
     wait_for(lambda: penctl_ok(ctl), what="the control port")
     assert landed(port, 2) == {"a"}
-    for words in (["servers"], ["status"], ["status", "json"], ["metrics"], ["recent"]):
-        assert penctl(ctl, *words, binary=None)
-    assert page.stat().st_uid == pwd.getpwnam("nobody").pw_uid
-    assert "Traceback" not in pen.output()
+    try:
+        assert penctl(ctl, "status", binary=None).startswith("<html>")
+        for words in (["servers"], ["status", "json"], ["metrics"], ["recent"]):
+            assert penctl(ctl, *words, binary=None)
+        assert page.stat().st_uid == pwd.getpwnam("nobody").pw_uid
+        assert "Traceback" not in pen.output()
+    finally:
+        shutil.rmtree(shared, ignore_errors=True)
