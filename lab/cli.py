@@ -52,7 +52,7 @@ def run_on_lab(args, names, story):
         return
     from pen_lab import docker_lab
     engine = docker_lab.connect()
-    started = not engine.containers.list(all=True, filters={"label": docker_lab.LABEL})
+    started = not engine.containers.list(all=True, filters=docker_lab.OURS)
     if started:
         story.out("the lab is down: bringing it up for this run")
         lab = docker_lab.up(engine, story.say, pen=args.pen, source=args.source, base=args.base)

@@ -20,6 +20,9 @@ from pen_lab.replies import parse_reply
 from pen_lab.seenlog import read_seen
 
 LABEL = images.LABEL
+# Containers inherit their image's labels, so a container anyone runs from the lab's image
+# carries pen-lab=1 too; only the containers `up` creates also carry pen-lab.role.
+OURS = {"label": f"{LABEL}.role"}
 NETWORKS = {"client": ("pen-lab-client", "10.89.1"), "server": ("pen-lab-server", "10.89.2")}
 PENBOX_HOST = "10"
 PEN_PID = "/run/pen-lab-pen.pid"
@@ -68,8 +71,10 @@ def connect(timeout=300):
 
 def down(engine, say, with_images=False):
     """Remove every container and network carrying the lab's label, and nothing else."""
-    for box in engine.containers.list(all=True, filters={"label": LABEL}):
+    for box in engine.containers.list(all=True, filters=OURS):
         say(f"removing container {box.name}")
+        if box.status == "paused":  # a scenario stopped halfway through a pause
+            box.unpause()
         box.remove(force=True)
     for net in engine.networks.list(filters={"label": LABEL}):
         say(f"removing network {net.name}")
@@ -136,7 +141,7 @@ def status(engine):
     for net in engine.networks.list(filters={"label": LABEL}):
         subnet = net.attrs["IPAM"]["Config"][0]["Subnet"]
         lines.append(f"network   {net.name:18} {subnet:15} internal={net.attrs['Internal']}")
-    for box in sorted(engine.containers.list(all=True, filters={"label": LABEL}),
+    for box in sorted(engine.containers.list(all=True, filters=OURS),
                       key=lambda b: b.name):
         nets = box.attrs["NetworkSettings"]["Networks"]
         ips = " ".join(n["IPAddress"] for n in nets.values() if n["IPAddress"])
@@ -153,7 +158,7 @@ class DockerLab:
         self.engine = engine
         self.pen = pen
         self.say = say
-        boxes = engine.containers.list(all=True, filters={"label": LABEL})
+        boxes = engine.containers.list(all=True, filters=OURS)
         self.boxes = {b.labels[f"{LABEL}.name"]: b for b in boxes}
         if "penbox" not in self.boxes:
             raise LabError("the lab is not up: run `pen-lab up` first")

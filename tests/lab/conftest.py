@@ -26,5 +26,4 @@ def lab():
     except LabError as err:
         pytest.fail(str(err), pytrace=False)
     yield running
-    running.stop_pen()
     docker_lab.down(engine, lambda _: None)

@@ -72,9 +72,8 @@ def test_down_removes_the_lab_and_nothing_else(lab):
                                            network_mode="none")]
     try:
         docker_lab.down(engine, print)
-        labelled = {"label": docker_lab.LABEL}
-        assert engine.containers.list(all=True, filters=labelled) == []
-        assert engine.networks.list(filters=labelled) == []
+        assert engine.containers.list(all=True, filters=docker_lab.OURS) == []
+        assert engine.networks.list(filters={"label": docker_lab.LABEL}) == []
         assert engine.networks.get(bystanders[0].id)
         assert engine.containers.get(bystanders[1].id)
     finally:
