@@ -64,18 +64,23 @@ def test_smtp_into_maildir(lab):
 
 def test_down_removes_the_lab_and_nothing_else(lab):
     """Runs last in this module: it takes the session's lab down."""
+    import docker.errors
+
     from pen_lab import docker_lab
     engine = lab.engine
     image = lab.boxes["penbox"].image
-    bystanders = [engine.networks.create("pen-lab-test-bystander", internal=True),
-                  engine.containers.create(image, ["true"], name="pen-lab-test-bystander",
-                                           network_mode="none")]
+    network = engine.networks.create("pen-lab-test-bystander", internal=True)
+    container = engine.containers.create(image, ["true"], name="pen-lab-test-bystander",
+                                         network_mode="none")
     try:
         docker_lab.down(engine, print)
         assert engine.containers.list(all=True, filters=docker_lab.OURS) == []
         assert engine.networks.list(filters={"label": docker_lab.LABEL}) == []
-        assert engine.networks.get(bystanders[0].id)
-        assert engine.containers.get(bystanders[1].id)
+        assert engine.networks.get(network.id)
+        assert engine.containers.get(container.id)
     finally:
-        bystanders[1].remove(force=True)
-        bystanders[0].remove()
+        for remove in (lambda: container.remove(force=True), network.remove):
+            try:
+                remove()
+            except docker.errors.NotFound:
+                pass
