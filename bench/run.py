@@ -183,7 +183,9 @@ class Bench:
 
     def run(self):
         for round_no in range(1, self.args.rounds + 1):
-            print("round %d of %d" % (round_no, self.args.rounds), flush=True)
+            waiting = settle()
+            print("round %d of %d (%d sockets in TIME_WAIT)" % (
+                round_no, self.args.rounds, waiting), flush=True)
             # rotate the order each round so no balancer always runs first (or last)
             shift = (round_no - 1) % len(self.balancers)
             order = self.balancers[shift:] + self.balancers[:shift]
@@ -212,6 +214,33 @@ class Bench:
                     cell["errors"] = sum(r["errors"] for r in good)
                 out[key][b.key] = cell
         return out
+
+
+TIME_WAIT_CALM = 2000
+
+
+def time_wait_sockets():
+    """Loopback TCP sockets in TIME_WAIT (state 06 in /proc/net/tcp*)."""
+    count = 0
+    for path in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            with open(path) as f:
+                count += sum(1 for line in f if line.split()[3:4] == ["06"])
+        except OSError:
+            pass
+    return count
+
+
+def settle(limit=65.0):
+    """Wait (at most limit seconds) for earlier rounds' TIME_WAIT sockets to expire.
+
+    Tens of thousands of them make every connect(2) search hard for a free port; that
+    kernel time lands on whichever balancer connects and buries the differences between
+    them. Each round starts from the same state instead."""
+    deadline = time.monotonic() + limit
+    while time_wait_sockets() > TIME_WAIT_CALM and time.monotonic() < deadline:
+        time.sleep(1)
+    return time_wait_sockets()
 
 
 def describe(outcome):
@@ -338,7 +367,7 @@ def write_json(args, bench, summary, elapsed):
         "elapsed_seconds": round(elapsed, 1),
         "tests": {},
     }
-    for key, mode, title, unit, eff_unit in bench.tests:
+    for key, _mode, title, unit, eff_unit in bench.tests:
         entry = {"title": title, "unit": unit, "efficiency_unit": eff_unit,
                  "results": summary[key], "ratios": {}, "goals": {}}
         for other in ("cpen", "haproxy"):
