@@ -26,8 +26,6 @@ FLAGS = {"-h": ["hash"], "-N": ["hash", "roundrobin"], "-r": ["roundrobin"],
          "-s": ["stubborn"], "-W": ["weight"], "-H": ["http"], "-a": ["ascii"]}
 IGNORED = {"-D", "-P", "-Q", "-n", "-S"}
 
-# Options a later module brings: rejected with a clear message until it lands.
-NOT_YET: dict[str, str] = {}
 # TLS files and flags: command-line only, as in pen (tls.py reads them from the State).
 TLS_FILES = {"-E": "ssl_cert", "-K": "ssl_key", "-G": "ssl_ca_file", "-A": "ssl_ca_dir"}
 
@@ -84,8 +82,6 @@ def parse(argv: list[str]) -> tuple[State, Options]:
     later: list[tuple[str, str]] = []        # -O/-o: after the servers exist
     control = None                           # -C: the control listener
     for opt, value in pairs:
-        if opt in NOT_YET:
-            raise UsageError(f"{opt}: {NOT_YET[opt]} is not supported yet")
         origin = f"{opt} {value}".strip()
         if opt in AS_COMMAND:
             settings.append((origin, f"{AS_COMMAND[opt]} {value}"))

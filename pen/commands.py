@@ -28,11 +28,6 @@ class CommandError(ValueError):
 Handler = Callable[[State, list], str]
 COMMANDS: dict[str, Handler] = {}      # "name" and "no name" -> handler
 
-# Features a later module brings; their commands answer this until then.
-NOT_YET: dict[str, str] = {
-}
-
-
 def command(*names: str):
     def register(fn: Handler) -> Handler:
         for name in names:
@@ -529,8 +524,6 @@ def execute(state: State, line: str) -> str:
         return ""
     name, handler, args = lookup(words)
     base = name[3:] if name.startswith("no ") else name
-    if base in NOT_YET:
-        raise CommandError(f"{base}: {NOT_YET[base]} is not supported yet")
     try:
         return handler(state, args)
     except (AddressError, AclError) as e:
