@@ -14,7 +14,7 @@ import docker
 import docker.errors
 
 from pen_lab import images
-from pen_lab.errors import LabError
+from pen_lab.errors import LabError, wait_for
 from pen_lab.pencmd import CONTROL_PORT, pen_argv, penctl_argv, shown
 from pen_lab.replies import parse_reply
 from pen_lab.seenlog import read_seen
@@ -189,12 +189,7 @@ class DockerLab:
         return result.exit_code, result.output.decode(errors="replace")
 
     def wait_for(self, what, check, timeout=15, interval=0.2):
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if check():
-                return
-            time.sleep(interval)
-        raise LabError(f"timed out after {timeout}s waiting for {what}")
+        wait_for(what, check, timeout, interval)
 
     def wait_serving(self, name):
         self.wait_for(f"{name} to serve HTTP",

@@ -14,7 +14,7 @@ import sys
 import tempfile
 import time
 
-from pen_lab.errors import LabError
+from pen_lab.errors import LabError, wait_for
 from pen_lab.pencmd import pen_argv, penctl_argv, shown
 from pen_lab.replies import parse_reply
 from pen_lab.seenlog import read_seen
@@ -38,15 +38,6 @@ def listening(port):
         except FileNotFoundError:
             continue
     return False
-
-
-def wait_for(what, check, timeout=10, interval=0.05):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if check():
-            return
-        time.sleep(interval)
-    raise LabError(f"timed out after {timeout}s waiting for {what}")
 
 
 class LocalLab:

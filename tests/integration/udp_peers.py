@@ -51,7 +51,24 @@ def dig_short(port: int, name: str, *extra: str, **kw) -> str:
     return result.stdout.strip()
 
 
-class Dnsmasq:
+class Daemon:
+    """A peer server run as a process on host:port."""
+
+    host: str
+    port: int
+    proc: subprocess.Popen
+
+    @property
+    def spec(self) -> str:
+        return f"{self.host}:{self.port}"
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(10)
+
+
+class Dnsmasq(Daemon):
     """dnsmasq answering NAME.test with `answer`, bound to host:port (UDP and TCP)."""
 
     def __init__(self, host: str, answer: str) -> None:
@@ -66,15 +83,6 @@ class Dnsmasq:
                  or dig(self.port, "ready.test", "+short", server=host).stdout.strip() == answer,
                  what=f"dnsmasq on {host}:{self.port}")
         assert self.proc.poll() is None, "dnsmasq exited"
-
-    @property
-    def spec(self) -> str:
-        return f"{self.host}:{self.port}"
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            self.proc.wait(10)
 
 
 class Responder:
@@ -145,7 +153,7 @@ def random_file(path, size: int) -> bytes:
     return data
 
 
-class InTftpd:
+class InTftpd(Daemon):
     """tftpd-hpa in the foreground, serving (and accepting uploads into) root."""
 
     def __init__(self, root, host: str = "127.0.0.2") -> None:
@@ -157,15 +165,6 @@ class InTftpd:
         wait_for(lambda: self.proc.poll() is not None or udp_bound(host, self.port),
                  what=f"in.tftpd on {host}:{self.port}")
         assert self.proc.poll() is None, self.proc.stderr.read()
-
-    @property
-    def spec(self) -> str:
-        return f"{self.host}:{self.port}"
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            self.proc.wait(10)
 
 
 class Tftpy:
