@@ -39,6 +39,20 @@ def wait_for(condition, timeout: float = 10.0, interval: float = 0.02, what: str
         time.sleep(interval)
 
 
+def open_fds(pid: int) -> int:
+    return len(os.listdir(f"/proc/{pid}/fd"))
+
+
+def steady_fds(pid: int) -> int:
+    """pid's fd count once it holds still for 0.2 s: a connection that just ended (a
+    start-up probe, the last curl) may still be closing when a test takes its baseline."""
+    def steady():
+        count = open_fds(pid)
+        time.sleep(0.2)
+        return count if open_fds(pid) == count else None
+    return wait_for(steady, what="a steady fd count")
+
+
 def can_connect(host: str, port: int) -> bool:
     try:
         with socket.create_connection((host, port), timeout=0.5):

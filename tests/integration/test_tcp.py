@@ -12,7 +12,18 @@ import time
 
 import pytest
 
-from support import Backend, Pen, curl, curl_json, free_port, pattern, run_pen, wait_for
+from support import (
+    Backend,
+    Pen,
+    curl,
+    curl_json,
+    free_port,
+    open_fds,
+    pattern,
+    run_pen,
+    steady_fds,
+    wait_for,
+)
 
 
 def url(port, path="/", host="127.0.0.1"):
@@ -304,13 +315,8 @@ def _served(port):
 def test_a_silent_client_costs_two_fds_and_no_pipe(backends, start_pen):
     """Client socket + upstream socket: no pipes, nothing else, however many wait."""
     pen, port = start_pen(servers=[backends[0].spec])
-    fds = lambda: len(os.listdir(f"/proc/{pen.proc.pid}/fd"))  # noqa: E731
-
-    def steady():                # the start-up probe's connection may still be closing
-        count = fds()
-        time.sleep(0.2)
-        return count if fds() == count else None
-    before = wait_for(steady, what="a steady fd count")
+    fds = lambda: open_fds(pen.proc.pid)  # noqa: E731
+    before = steady_fds(pen.proc.pid)
     silent = [socket.create_connection(("127.0.0.1", port), timeout=5) for _ in range(20)]
     wait_for(lambda: fds() - before == 40, what="40 more fds", timeout=10)
     time.sleep(0.3)                       # nothing else may appear while they stay silent

@@ -14,7 +14,16 @@ import time
 import pytest
 import trustme
 
-from support import Backend, curl, free_port, pattern, run_pen, wait_for
+from support import (
+    Backend,
+    curl,
+    free_port,
+    open_fds,
+    pattern,
+    run_pen,
+    steady_fds,
+    wait_for,
+)
 
 
 @pytest.fixture(scope="module")
@@ -67,10 +76,6 @@ def start_counted(start_pen, *options, servers):
 
 def get_json(url, *extra) -> dict:
     return json.loads(curl(url, *extra))
-
-
-def fds(pen) -> int:
-    return len(os.listdir(f"/proc/{pen.proc.pid}/fd"))
 
 
 # termination ---------------------------------------------------------------------------
@@ -225,7 +230,7 @@ def closed_by_pen(sock, timeout=8.0) -> bool:
 def test_bad_clients_are_closed_counted_and_leak_nothing(pki, backend, start_pen):
     pen, port = start_counted(start_pen, "-t", "1", "-E", pki["site"], servers=[backend.spec])
     assert get_json(https(port), "--cacert", pki["ca"])["name"] == "plain"
-    baseline = fds(pen)
+    baseline = steady_fds(pen.proc.pid)
     hello = client_hello()
     assert hello[0] == 0x16                          # a handshake record
 
@@ -243,7 +248,7 @@ def test_bad_clients_are_closed_counted_and_leak_nothing(pki, backend, start_pen
         sock.close()
     assert time.monotonic() - started < 6             # the handshake timeout is -t (1 s)
     wait_for(lambda: tls_failures(pen) == 4, what="four failed handshakes counted")
-    wait_for(lambda: fds(pen) == baseline, what=f"pen's fds back to {baseline}")
+    wait_for(lambda: open_fds(pen.proc.pid) == baseline, what=f"pen's fds back to {baseline}")
     assert get_json(https(port), "--cacert", pki["ca"])["name"] == "plain"
 
 
