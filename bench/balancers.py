@@ -84,5 +84,10 @@ def ours(command=None):
     return Balancer("ours", "ours", [sys.executable, "-m", "pen"], env=env, cwd=REPO)
 
 
+# By absolute path: once pen-lb is installed, `pen` on PATH is pen-lb itself, and the
+# benchmark would quietly compare ours with ours.
+C_PEN = os.environ.get("PEN_BENCH_CPEN", "/usr/bin/pen")
+
+
 def all_balancers(ours_command=None):
-    return [ours(ours_command), Balancer("cpen", "C pen", ["pen"]), HAProxy()]
+    return [ours(ours_command), Balancer("cpen", "C pen", [C_PEN]), HAProxy()]
