@@ -177,11 +177,14 @@ class Tftpy:
         import tftpy
         logging.getLogger("tftpy").setLevel(logging.WARNING)
         self.server = tftpy.TftpServer(str(root))
-        self.host, self.port = host, udp_port(host)
-        self.thread = threading.Thread(target=self.server.listen, args=(host, self.port),
+        self.host = host
+        # Port 0: tftpy binds and reports the port itself. A port probed free beforehand
+        # can be taken (by pen's own ephemeral backend sockets, say) before tftpy binds it.
+        self.thread = threading.Thread(target=self.server.listen, args=(host, 0),
                                        kwargs={"timeout": 1}, daemon=True)
         self.thread.start()
-        wait_for(lambda: udp_bound(host, self.port), what="tftpy to listen")
+        wait_for(self.server.is_running.is_set, what="tftpy to listen")
+        self.port = self.server.listenport
 
     @property
     def spec(self) -> str:
