@@ -73,6 +73,24 @@ class Lab:
         self.run(ns_a, "ip", "link", "set", a, "up")
         self.run(ns_b, "ip", "link", "set", b, "up")
 
+    def segment(self, shorts, tx_off: bool = False) -> tuple[str, dict]:
+        """One L2 segment: a bridge inside its own namespace "b" (so the host's
+        br_netfilter never sees it) and a namespace per short name, joined by veth
+        `{short}0` <-> bridge port `b{short}`. tx_off: no transmit checksum offload (frames
+        re-sent from a raw socket must carry finished checksums)."""
+        bridge_ns, br = self.ns("b"), self.ifname("br")
+        self.run(bridge_ns, "ip", "link", "add", br, "type", "bridge")
+        self.run(bridge_ns, "ip", "link", "set", br, "up")
+        members = {short: self.ns(short) for short in shorts}
+        for short, ns in members.items():
+            inside, port = f"{short}0", f"b{short}"
+            self.veth(ns, inside, bridge_ns, port)
+            self.run(bridge_ns, "ip", "link", "set", self.ifname(port), "master", br)
+            if tx_off:
+                for end_ns, end in ((ns, inside), (bridge_ns, port)):
+                    self.run(end_ns, "ethtool", "-K", self.ifname(end), "tx", "off")
+        return bridge_ns, members
+
     def ifname(self, short: str) -> str:
         name = f"{self.prefix}{short}"
         assert len(name) <= 15, name

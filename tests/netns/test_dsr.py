@@ -29,18 +29,7 @@ def mac_of(lab, ns, ifname):
 
 @pytest.fixture
 def segment(lab):
-    bridge_ns = lab.ns("b")
-    br = lab.ifname("br")
-    lab.run(bridge_ns, "ip", "link", "add", br, "type", "bridge")
-    lab.run(bridge_ns, "ip", "link", "set", br, "up")
-    members = {"c": lab.ns("c"), "p": lab.ns("p")}
-    members.update({name: lab.ns(name) for name in SERVERS})
-    for short, ns in members.items():
-        inside, port = f"{short}0", f"b{short}"
-        lab.veth(ns, inside, bridge_ns, port)
-        lab.run(bridge_ns, "ip", "link", "set", lab.ifname(port), "master", br)
-        for end_ns, end in ((ns, inside), (bridge_ns, port)):
-            lab.run(end_ns, "ethtool", "-K", lab.ifname(end), "tx", "off")
+    bridge_ns, members = lab.segment(["c", "p", *SERVERS], tx_off=True)
     lab.addr(members["c"], "c0", *[f"{ip}/24" for ip in CLIENTS])
     lab.addr(members["p"], "p0", f"{PEN_IP}/24")
     for name, ip in SERVERS.items():

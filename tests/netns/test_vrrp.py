@@ -48,14 +48,7 @@ def keepalived(lab, box, ns, preempt, unicast):
 
 @pytest.fixture
 def boxes(lab):
-    bridge_ns = lab.ns("b")
-    br = lab.ifname("br")
-    lab.run(bridge_ns, "ip", "link", "add", br, "type", "bridge")
-    lab.run(bridge_ns, "ip", "link", "set", br, "up")
-    members = {short: lab.ns(short) for short in ("c", "a", "x", "s")}
-    for short, ns in members.items():
-        lab.veth(ns, f"{short}0", bridge_ns, f"b{short}")
-        lab.run(bridge_ns, "ip", "link", "set", lab.ifname(f"b{short}"), "master", br)
+    bridge_ns, members = lab.segment(["c", "a", "x", "s"])
     lab.addr(members["c"], "c0", f"{CLIENT}/24")
     lab.addr(members["s"], "s0", f"{SERVER}/24")
     for box, (own, _) in BOXES.items():
