@@ -89,6 +89,20 @@ def setup_logging(debug: int, foreground: bool) -> None:
     root.addHandler(handler)
 
 
+class Throttled:
+    """A log call made at most once per interval: a shortage or a misconfigured host that
+    recurs on every connection or datagram must not flood the log."""
+
+    def __init__(self, level: int, interval: float = 60.0) -> None:
+        self.level, self.interval, self.last = level, interval, None
+
+    def __call__(self, message: str, *args) -> None:
+        now = time.monotonic()
+        if self.last is None or now - self.last >= self.interval:
+            self.last = now
+            logging.getLogger("pen").log(self.level, message, *args)
+
+
 class ConnectionLog:
     """pen's -l log: one line per connection, to a file or to a UDP host:port (penlogd)."""
 

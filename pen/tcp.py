@@ -19,6 +19,7 @@ from gevent.server import StreamServer
 
 from . import relay
 from .addr import client_ip
+from .daemon import Throttled
 from .http import ForwardedFor
 from .select import candidates
 from .state import Connection, Server, State
@@ -36,8 +37,7 @@ class Listener(StreamServer):
     def __init__(self, sock, balancer: "TcpBalancer") -> None:
         super().__init__(sock, balancer.handle)
         self.balancer = balancer
-        self.fd_pauses = 0
-        self.fd_logged_at = -1e9
+        self.log_out_of_fds = Throttled(logging.ERROR)     # once per episode, not per accept
 
     def full(self) -> bool:
         state = self.balancer.state
@@ -49,11 +49,8 @@ class Listener(StreamServer):
         except OSError as e:
             if e.errno not in _OUT_OF_FDS:
                 raise
-            self.fd_pauses += 1
-            now = time.monotonic()
-            if now - self.fd_logged_at > 60:          # once per episode, not once per accept
-                log.error("accept: %s; pausing accepts until connections close", e.strerror)
-                self.fd_logged_at = now
+            self.log_out_of_fds("accept: %s; pausing accepts until connections close",
+                                e.strerror)
             self.stop_accepting()
             gevent.spawn_later(0.1, self._start_accepting_if_started)
             return None

@@ -13,7 +13,8 @@ import errno
 import ipaddress
 import logging
 import socket
-import time
+
+from .daemon import Throttled
 
 log = logging.getLogger("pen")
 
@@ -93,26 +94,13 @@ def apply(sock, client_address, state) -> bool:
     return False
 
 
-class _Warner:
-    """Logs a failure at most once per interval, so a misconfigured host cannot flood the log."""
-
-    def __init__(self, interval: float = 60.0) -> None:
-        self.interval, self.last = interval, 0.0
-
-    def __call__(self, message: str) -> None:
-        now = time.monotonic()
-        if now - self.last >= self.interval or self.last == 0.0:
-            self.last = now
-            log.error("%s", message)
-
-
 def connect_hook(state):
     """TcpBalancer.connect_hooks entry: transparent while `state.transparent` is on.
 
     A missing capability is the host's fault, not the server's: the hook logs it and lets
     the connection go out from pen's own address rather than blacklisting every server.
     """
-    warn = _Warner()
+    warn = Throttled(logging.ERROR)
 
     def hook(sock, server, client_address):
         if not state.transparent:
@@ -120,5 +108,5 @@ def connect_hook(state):
         try:
             apply(sock, client_address, state)
         except TransparentError as e:
-            warn(f"{e.strerror}; connecting from pen's own address")
+            warn("%s; connecting from pen's own address", e.strerror)
     return hook

@@ -26,6 +26,7 @@ from gevent import socket as gsocket
 
 from .addr import client_ip
 from .cli import UsageError
+from .daemon import Throttled
 from .select import candidates
 from .state import Server, State
 from .udptable import SessionTable, idle_limit, sweep
@@ -245,17 +246,10 @@ class UdpBalancer:
         self.connect_hooks = []          # fn(sock, server, client_address): transparent, source
         self.loops: list = []
         self.receiver = None
-        self.warned = 0.0
+        self.warn = Throttled(logging.WARNING)   # our own shortage: once a minute, not per datagram
 
     def count(self, what: str) -> None:
         self.state.counters[what] += 1
-
-    def warn(self, message: str) -> None:
-        """Our own shortage (out of fds): log it once a minute, not once a datagram."""
-        now = time.monotonic()
-        if now - self.warned >= 60 or not self.warned:
-            self.warned = now
-            log.warning("%s", message)
 
     # the backend socket: the one place a transparent hook needs to wrap -------------------
 
