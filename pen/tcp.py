@@ -178,7 +178,6 @@ class TcpBalancer:
     def relay(self, conn: Connection, client, upstream, server: Server, entry, ip) -> None:
         state = self.state
         flow = relay.Flow(state.idle_timeout)
-        logged = [state.log is None]
 
         def to_server(n):
             server.sx += n
@@ -191,7 +190,7 @@ class TcpBalancer:
             conn.rx += n
 
         transform = ForwardedFor(str(ip), self.proto) if state.http and ip is not None else None
-        if not logged[0]:
+        if state.log is not None:
             transform = _FirstLine(transform, lambda line: self.log_line(
                 f"{ip} {int(time.time())} {server.endpoint} {line}"))
         fastclose = state.tcp_fastclose
