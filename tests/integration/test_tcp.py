@@ -324,3 +324,15 @@ def test_a_silent_client_costs_two_fds_and_no_pipe(backends, start_pen):
     for s in silent:
         s.close()
     wait_for(lambda: fds() == before, what="the fds to be released")
+
+
+def test_connection_log_names_client_server_and_request(backends, start_pen, tmp_path):
+    log = tmp_path / "pen.log"
+    pen, port = start_pen("-l", str(log), servers=[backends[0].spec])
+    curl_json(url(port, "/logged"), interface="127.0.0.7")
+    line = wait_for(lambda: next((row for row in log.read_text().splitlines()
+                                  if row.startswith("127.0.0.7 ")), None),
+                    what="the connection's log line")
+    ip, epoch, server, request = line.split(" ", 3)
+    assert abs(int(epoch) - time.time()) < 60
+    assert server == backends[0].spec and request == "GET /logged HTTP/1.1"
