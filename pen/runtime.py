@@ -7,6 +7,7 @@ the I/O layer (listen, exit, status, log).
 from __future__ import annotations
 
 import functools
+import gc
 import logging
 import os
 import signal
@@ -83,10 +84,10 @@ class Runtime:
         except (UsageError, AddressError) as e:
             raise commands.CommandError(f"listen: {e}") from None
         if self.state.udp:
-            self.balancer.relisten(gsocket.socket(fileno=sock.detach()))
+            self.balancer.relisten(sock)
             return
         old = self.balancer.listener
-        self.balancer.listener = Listener(gsocket.socket(fileno=sock.detach()), self.balancer)
+        self.balancer.listener = Listener(sock, self.balancer)
         self.balancer.listener.max_accept = self.opts.multi_accept
         self.balancer.listener.start()
         old.close()
@@ -117,8 +118,7 @@ class Runtime:
             balancer = functools.partial(tls.TlsBalancer, contexts=self.tls)
         if state.dsr_if:                          # raw frames on dsr_if: nothing is accepted
             balancer = dsr.Forwarder
-        self.balancer = balancer(state, gsocket.socket(fileno=listen_sock.detach()),
-                                 self.conn_log.write)
+        self.balancer = balancer(state, listen_sock, self.conn_log.write)
         self.balancer.listener.max_accept = self.opts.multi_accept
         check_transparent(state)
         # both read the state on every connect: `transparent` and `source` may change live
@@ -133,6 +133,8 @@ class Runtime:
                 gsocket.socket(fileno=self.control_sock.detach()), state)
             self.control.start()
         log.info("pen-lb listening on %s, %d servers", state.listen, len(state.servers))
+        gc.freeze()           # what start-up built lives as long as we do: not the GC's work
+        gc.set_threshold(20000, 20, 20)
         self.stopping.wait()
         return self.drain()
 

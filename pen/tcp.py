@@ -1,7 +1,8 @@
 """The TCP balancer on gevent: accept, choose a server, connect (failing over), relay.
 
-One greenlet per connection relays client -> server; a second one relays server -> client.
-All decisions are the pure core's (select.candidates); this module only moves bytes.
+Every connection is a greenlet (a reused one: workers.py) that chooses a server, connects,
+fails over, waits while relay.py moves the bytes, and cleans up. All decisions are the pure
+core's (select.candidates); this module and relay.py only move bytes.
 """
 
 from __future__ import annotations
@@ -13,11 +14,11 @@ import socket
 import time
 
 import gevent
-import gevent.select
 from gevent import socket as gsocket
-from gevent.server import StreamServer
+from gevent.event import Event
+from greenlet import getcurrent
 
-from . import relay
+from . import relay, workers
 from .addr import client_ip
 from .daemon import Throttled
 from .http import ForwardedFor
@@ -30,59 +31,111 @@ _OUT_OF_FDS = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
 _IN_PROGRESS = (errno.EINPROGRESS, errno.EALREADY, errno.EWOULDBLOCK)
 
 
-class Listener(StreamServer):
-    """gevent's StreamServer with pen's limits: stop accepting while -x connections are
-    open, and pause (logging once) instead of spinning when the process runs out of fds."""
+class Closed(Exception):
+    """Thrown into a connection's greenlet to end it (`close N`, the end of SIGTERM's grace)."""
+
+
+class Listener:
+    """Accepts clients from the hub's loop, up to max_accept per wake-up, and hands each
+    one to a worker greenlet. Stops accepting while -x connections are open (resumes
+    as they end) and pauses, logging once, instead of spinning when out of fds."""
+
+    max_accept = 100
 
     def __init__(self, sock, balancer: "TcpBalancer") -> None:
-        super().__init__(sock, balancer.handle)
+        sock.setblocking(False)
+        self.socket = sock
+        self.family = sock.family          # a property that builds an enum: read it once
         self.balancer = balancer
+        self.watcher = gevent.get_hub().loop.io(sock.fileno(), 1)
+        self.started = False
         self.log_out_of_fds = Throttled(logging.ERROR)     # once per episode, not per accept
+
+    def start(self) -> None:
+        self.started = True
+        self.resume()
+
+    def close(self) -> None:
+        self.started = False
+        self.watcher.stop()
+        self.watcher.close()
+        self.socket.close()
 
     def full(self) -> bool:
         state = self.balancer.state
         return len(state.connections) >= state.conn_max
 
-    def do_read(self):
-        try:
-            accepted = super().do_read()
-        except OSError as e:
-            if e.errno not in _OUT_OF_FDS:
-                raise
-            self.log_out_of_fds("accept: %s; pausing accepts until connections close",
-                                e.strerror)
-            self.stop_accepting()
-            gevent.spawn_later(0.1, self._start_accepting_if_started)
-            return None
-        return accepted
-
     def resume(self) -> None:
-        """A connection ended: accept again if -x had stopped us."""
-        if self._watcher is None and self.started and not self.full():
-            self.start_accepting()
+        """Accept (again): at start, after a pause, and when a connection ends under -x."""
+        if self.started and not self.watcher.active and not self.full():
+            self.watcher.start(self.accept)
+
+    def accept(self) -> None:
+        family, balancer = self.family, self.balancer
+        for _ in range(self.max_accept):
+            if self.full():
+                self.watcher.stop()
+                return
+            try:
+                fd, address = self.socket._accept()
+            except BlockingIOError:
+                return
+            except OSError as e:
+                if e.errno in _OUT_OF_FDS:
+                    self.log_out_of_fds("accept: %s; pausing accepts until connections close",
+                                        e.strerror)
+                    self.watcher.stop()
+                    gevent.get_hub().loop.timer(0.1).start(self.resume)
+                else:                  # the client left before we took it (ECONNABORTED...)
+                    log.debug("accept: %s", e)
+                return
+            client = socket.socket(family, socket.SOCK_STREAM, 0, fd)
+            client.setblocking(False)
+            conn = balancer.state.open_connection(address)
+            workers.spawn(balancer.handle, conn, client, address)
 
 
-def connect(sock, sockaddr) -> None:
-    """connect(2) within sock's timeout. The address is already resolved, so this skips
-    gevent's generic path (an address check and two extra syscalls per connect):
-    connect, wait until writable, read the result."""
-    if sock.family == socket.AF_UNIX:
-        return sock.connect(sockaddr)        # EAGAIN (backlog full) needs gevent's retry loop
-    err = sock._sock.connect_ex(sockaddr)
+def connect(sock, sockaddr, timeout) -> None:
+    """connect(2) on a non-blocking socket within timeout (socket.timeout after it).
+    The address is already resolved: connect, wait until writable, read the result."""
+    deadline = time.monotonic() + timeout if timeout else None
+    err = sock.connect_ex(sockaddr)
+    while err == errno.EAGAIN and sock.family == socket.AF_UNIX:      # its backlog is full
+        gsocket.wait_write(sock.fileno(), _left(deadline))
+        err = sock.connect_ex(sockaddr)
     if err in _IN_PROGRESS:
-        sock._wait(sock._write_event)          # socket.timeout after the connect timeout
-        err = sock._sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+        # A server on this host has answered by now (the handshake ran in our syscall):
+        # asking again costs a syscall where waiting costs a trip through the loop.
+        err = sock.connect_ex(sockaddr)
+        if err in _IN_PROGRESS:
+            gsocket.wait_write(sock.fileno(), _left(deadline))
+            err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
     if err and err != errno.EISCONN:
         raise OSError(err, os.strerror(err))
 
 
+def _left(deadline):
+    return None if deadline is None else max(0.0, deadline - time.monotonic())
+
+
+def layered(sock, timeout=None):
+    """The gevent socket for a plain one, for the layers (TLS) that work in a blocking
+    style; its operations time out after timeout seconds."""
+    if type(sock) is socket.socket:
+        sock = gsocket.socket(sock.family, sock.type, sock.proto, fileno=sock.detach())
+    sock.settimeout(timeout)
+    return sock
+
+
 def set_options(sock, state: State) -> None:
-    if sock.family == socket.AF_UNIX:
-        return
-    if state.tcp_nodelay:
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    if state.keepalive:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+    """-O tcp_nodelay / keepalive (which a UNIX socket does not have)."""
+    try:
+        if state.tcp_nodelay:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if state.keepalive:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+    except OSError:
+        pass
 
 
 class TcpBalancer:
@@ -109,12 +162,11 @@ class TcpBalancer:
 
     def open_upstream(self, server: Server, address):
         endpoint = server.endpoint
-        sock = gsocket.socket(endpoint.family, socket.SOCK_STREAM)
+        sock = socket.socket(endpoint.family, socket.SOCK_STREAM | socket.SOCK_NONBLOCK)
         try:
             for hook in self.connect_hooks:
                 hook(sock, server, address)
-            sock.settimeout(self.state.timeout)
-            connect(sock, endpoint.sockaddr)
+            connect(sock, endpoint.sockaddr, self.state.timeout)
             sock = self.wrap_upstream(sock, server)
         except BaseException:
             sock.close()
@@ -142,13 +194,13 @@ class TcpBalancer:
 
     # a connection ----------------------------------------------------------------------
 
-    def handle(self, client, address) -> None:
+    def handle(self, conn: Connection, client, address) -> None:
+        """A connection's greenlet: choose and connect a server, relay, clean up."""
         state = self.state
-        conn = state.open_connection(address)
-        upstream_box = []
-        conn.close = lambda: _close(client, upstream_box)
+        conn.close = _closer(state, conn, getcurrent())
+        accepted, upstream = client, None
         try:
-            client = self.wrap_client(client, address)
+            client = self.wrap_client(accepted, address)
             if client is None:
                 return
             ip = client_ip(address)
@@ -157,7 +209,6 @@ class TcpBalancer:
                 log.info("no server for %s", address)
                 return
             upstream, server = found
-            upstream_box.append(upstream)
             set_options(client, state)
             conn.server = server
             server.conn += 1
@@ -170,9 +221,12 @@ class TcpBalancer:
                 self.relay(conn, client, upstream, server, entry, ip)
             finally:
                 server.conn -= 1
-                upstream.close()
+        except Closed:
+            log.debug("connection %s closed", conn.id)
         finally:
             state.close_connection(conn)
+            conn.close = None                   # (a cycle through the closure otherwise)
+            _close(client or accepted, upstream)
             self.listener.resume()
 
     def relay(self, conn: Connection, client, upstream, server: Server, entry, ip) -> None:
@@ -194,17 +248,26 @@ class TcpBalancer:
             transform = _FirstLine(transform, lambda line: self.log_line(
                 f"{ip} {int(time.time())} {server.endpoint} {line}"))
         fastclose = state.tcp_fastclose
-        if not _traffic(client, upstream, flow.idle):
-            log.debug("idle timeout before any traffic")
+        if type(client) is socket.socket and type(upstream) is socket.socket:
+            relay.Relay(client, upstream, flow, to_server, to_client, transform, fastclose).run()
             return
-        back = gevent.spawn(self._direction, upstream, client, flow, to_client,
-                            None, fastclose in ("up", "both"))
+        client, upstream = layered(client), layered(upstream)
+        back_done = Event()
+
+        def back():
+            try:
+                self._direction(upstream, client, flow, to_client, None,
+                                fastclose in ("up", "both"))
+            finally:
+                back_done.set()
+
+        workers.spawn(back)
         try:
             self._direction(client, upstream, flow, to_server, transform,
                             fastclose in ("down", "both"))
-            back.join()
+            back_done.wait()
         finally:
-            back.kill(block=False)
+            _close(client, upstream)     # ends the other direction if it still runs
 
     def _direction(self, src, dst, flow, count, transform, fastclose) -> None:
         """One pump; on EOF pass the half-close on, on error or idle tear both sides down."""
@@ -212,27 +275,15 @@ class TcpBalancer:
             relay.pump(src, dst, flow, count, transform)
         except relay.Idle:
             log.debug("idle timeout")
-            _close(src, [dst])
+            _close(src, dst)
             return
         except OSError as e:
             if not relay.gone(e):
                 log.info("relay: %s", e)
-            _close(src, [dst])
+            _close(src, dst)
             return
         if fastclose or not relay.end_writes(dst):
-            _close(src, [dst])
-
-
-def _traffic(client, upstream, idle) -> bool:
-    """Wait until either side has something to say (False: idle_timeout passed first).
-
-    Until then the connection costs one greenlet and its two sockets; the pump for the
-    other direction is spawned once bytes move. Usually the client's request is already
-    there, and gevent's select answers from one non-blocking select(2) without waiting."""
-    if not (relay.plain(client) and relay.plain(upstream)):
-        return True                  # a TLS layer may hold decrypted bytes the fd won't show
-    readable, _, _ = gevent.select.select([client, upstream], [], [], idle)
-    return bool(readable)
+            _close(src, dst)
 
 
 class _FirstLine:
@@ -252,9 +303,23 @@ class _FirstLine:
         return self.inner.flush() if self.inner else b""
 
 
-def _close(client, upstreams) -> None:
-    for sock in (client, *upstreams):
-        try:
-            sock.close()
-        except OSError:
-            pass
+def _closer(state: State, conn: Connection, greenlet):
+    """conn.close: end the connection from anywhere (another greenlet, the hub), at most
+    once, and never a later task of the same (reused) greenlet."""
+    def close() -> None:
+        if state.connections.get(conn.id) is conn:
+            gevent.get_hub().loop.run_callback(throw)
+
+    def throw() -> None:
+        if state.connections.get(conn.id) is conn:
+            greenlet.throw(Closed)
+    return close
+
+
+def _close(*socks) -> None:
+    for sock in socks:
+        if sock is not None:
+            try:
+                sock.close()
+            except OSError:
+                pass

@@ -17,7 +17,7 @@ from collections import OrderedDict
 
 from gevent import ssl as gssl
 
-from .tcp import TcpBalancer
+from .tcp import TcpBalancer, layered
 
 log = logging.getLogger("pen")
 
@@ -248,28 +248,26 @@ class TlsBalancer(TcpBalancer):
         ctx = self.contexts.server
         if ctx is None:
             return client
+        sock, tls = layered(client, self.state.timeout), None
         try:
-            tls = ctx.wrap_socket(client, server_side=True, do_handshake_on_connect=False)
-        except OSError as e:
-            return self._failed(None, address, e)
-        tls.settimeout(self.state.timeout)
-        try:
+            tls = ctx.wrap_socket(sock, server_side=True, do_handshake_on_connect=False)
             tls.do_handshake()
-        except (OSError, ValueError) as e:     # SSLError, timeout, reset, closed meanwhile
-            return self._failed(tls, address, e)
+        except BaseException as e:    # SSLError, timeout, reset, closed meanwhile, Closed
+            (tls or sock).close()
+            if isinstance(e, (OSError, ValueError)):
+                return self._failed(address, e)
+            raise
         tls.established = True
         return tls
 
-    def _failed(self, tls, address, error):
+    def _failed(self, address, error):
         """A client whose handshake failed (bad bytes, no hello in time, a refused
-        certificate): counted in state.counters["tls_failures"], closed."""
+        certificate): counted in state.counters["tls_failures"]."""
         counters = self.state.counters
         counters["tls_failures"] += 1
         peer = address[0] if isinstance(address, tuple) else "a UNIX client"
         log.info("tls: handshake with %s failed: %s (%d TLS failures)", peer,
                  getattr(error, "reason", None) or error or "timeout", counters["tls_failures"])
-        if tls is not None:
-            tls.close()
         return None
 
     def wrap_upstream(self, sock, server):
@@ -277,7 +275,8 @@ class TlsBalancer(TcpBalancer):
         if ctx is None:
             return sock
         try:
-            tls = ctx.wrap_socket(sock, server_hostname=server.endpoint.host,
+            tls = ctx.wrap_socket(layered(sock, self.state.timeout),
+                                  server_hostname=server.endpoint.host,
                                   do_handshake_on_connect=False)
         except ValueError as e:          # check_hostname without a name (a UNIX socket)
             raise OSError(f"ssl_backend: {e}") from None

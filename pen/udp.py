@@ -1,10 +1,11 @@
 """The UDP balancer (-U) on gevent: one session per client address and port.
 
-Client -> server: one receive loop on the listen socket finds the client's session
-(opening it with select.candidates) and sends the datagram from the session's own backend
-socket. Server -> client: one greenlet per session receives on that socket and answers the
-client from the listen socket. A sweeper ends idle sessions and fails over from silent
-servers. The decisions are select's and udptable's; this module only moves datagrams.
+Client -> server: a read callback on the listen socket takes each datagram, finds the
+client's session (opening it with select.candidates) and sends the datagram from the
+session's own backend socket. Server -> client: a read callback on that socket answers the
+client from the listen socket. A datagram costs a recvfrom and a sendto, no greenlet
+switch. A sweeper greenlet ends idle sessions and fails over from silent servers. The
+decisions are select's and udptable's; this module only moves datagrams.
 
 The backend socket is not connected: it takes datagrams from the server's IP on any port
 and sends the client's next datagrams to the port the server last answered from. That is
@@ -15,14 +16,12 @@ server, which still reports refusals but cannot follow a TFTP transfer to its ne
 
 from __future__ import annotations
 
-import errno
 import logging
 import socket
 import sys
 import time
 
 import gevent
-from gevent import socket as gsocket
 
 from .addr import client_ip
 from .cli import UsageError
@@ -67,7 +66,7 @@ def refusals(sock) -> list:
 class Session:
     """One client address: its server, backend socket and the datagram awaiting an answer."""
 
-    __slots__ = ("balancer", "client", "ip", "server", "sock", "dest", "greenlet", "conn",
+    __slots__ = ("balancer", "client", "ip", "server", "sock", "dest", "reader", "conn",
                  "entry", "last", "pending", "pending_since", "unanswered", "answered",
                  "closed")
 
@@ -75,7 +74,7 @@ class Session:
         self.balancer = balancer
         self.client, self.ip = client, ip
         self.server: Server | None = None
-        self.sock = self.dest = self.greenlet = self.conn = self.entry = None
+        self.sock = self.dest = self.reader = self.conn = self.entry = None
         self.last = time.monotonic()
         self.pending: bytes | None = None      # the client's last datagram, for failover
         self.pending_since = 0.0
@@ -94,7 +93,7 @@ class Session:
             self.balancer.count("udp_socket_errors")
             self.balancer.warn(f"UDP: no socket for {server.endpoint}: {e.strerror or e}")
             return False
-        old_sock, old_greenlet = self.sock, self.greenlet
+        old_sock, old_reader = self.sock, self.reader
         if self.server is not None:
             self.server.conn -= 1
         self.server, self.sock, self.dest = server, sock, server.endpoint.sockaddr
@@ -105,10 +104,10 @@ class Session:
         if self.entry is not None and server.index >= 0:
             self.entry.server = server.index
         self.answered, self.unanswered = False, 0
-        self.greenlet = gevent.spawn(self.from_server, sock)
-        if old_greenlet is not None and old_greenlet is not gevent.getcurrent():
-            old_greenlet.kill(block=False)
-        if old_sock is not None:
+        self.reader = gevent.get_hub().loop.io(sock.fileno(), 1)
+        self.reader.start(self.from_server, sock, server.endpoint.sockaddr[0])
+        if old_reader is not None:
+            old_reader.stop()
             old_sock.close()
         return True
 
@@ -176,42 +175,40 @@ class Session:
         except OSError:
             self.balancer.count("udp_send_errors")
 
-    def from_server(self, sock) -> None:
-        """Relay the server's datagrams to the client until the session moves or ends."""
-        host = self.server.endpoint.sockaddr[0]
-        balancer = self.balancer
-        while self.sock is sock:
-            try:
-                data, source = sock.recvfrom(MAX_DATAGRAM)
-            except ConnectionRefusedError:
-                if self.sock is sock and not self.closed:
-                    self.refused()
-                continue
-            except OSError as e:
-                if self.sock is not sock or self.closed or e.errno == errno.EBADF:
-                    return
-                balancer.count("udp_receive_errors")
-                log.debug("UDP: receive from %s: %s", self.server.endpoint, e)
-                gevent.sleep(0.01)
-                continue
-            if source[0] != host:
-                balancer.count("udp_stray")         # not our server: never to the client
-                continue
-            self.dest = source                      # TFTP: the transfer's own port
-            self.last = time.monotonic()
-            self.pending, self.pending_since = None, 0.0
-            self.unanswered, self.answered = 0, True
-            n = len(data)
-            server = self.server
-            server.rx += n
-            server.dgrams_rx += 1
-            self.conn.rx += n
-            self.entry.rx += n
-            try:
-                balancer.sock.sendto(data, self.client)
-            except OSError as e:
-                balancer.count("udp_reply_errors")
-                log.debug("UDP: reply to %s: %s", self.client, e)
+    def from_server(self, sock, host) -> None:
+        """A read callback: relay the server's datagram to the client."""
+        try:
+            data, source = sock.recvfrom(MAX_DATAGRAM)
+        except BlockingIOError:
+            return
+        except ConnectionRefusedError:
+            if not self.closed:
+                self.refused()
+            return
+        except OSError as e:
+            self.balancer.count("udp_receive_errors")
+            log.debug("UDP: receive from %s: %s", self.server.endpoint, e)
+            if RECVERR:
+                refusals(sock)     # empty the error queue, or the socket stays readable
+            return
+        if source[0] != host:
+            self.balancer.count("udp_stray")        # not our server: never to the client
+            return
+        self.dest = source                          # TFTP: the transfer's own port
+        self.last = time.monotonic()
+        self.pending, self.pending_since = None, 0.0
+        self.unanswered, self.answered = 0, True
+        n = len(data)
+        server = self.server
+        server.rx += n
+        server.dgrams_rx += 1
+        self.conn.rx += n
+        self.entry.rx += n
+        try:
+            self.balancer.sock.sendto(data, self.client)
+        except OSError as e:
+            self.balancer.count("udp_reply_errors")
+            log.debug("UDP: reply to %s: %s", self.client, e)
 
     def close(self) -> None:
         if self.closed:
@@ -223,8 +220,8 @@ class Session:
             balancer.state.close_connection(self.conn)
         if self.server is not None:
             self.server.conn -= 1
-        if self.greenlet is not None and self.greenlet is not gevent.getcurrent():
-            self.greenlet.kill(block=False)
+        if self.reader is not None:
+            self.reader.stop()
         if self.sock is not None:
             self.sock.close()
         self.pending = None
@@ -239,13 +236,15 @@ class UdpBalancer:
 
     def __init__(self, state: State, sock, log_line=None) -> None:
         self.state = state
+        sock.setblocking(False)
         self.sock = sock
+        self.reader = None
         self.listener = self
         self.table = SessionTable()
         self.log_line = log_line or (lambda text: None)
         self.connect_hooks = []          # fn(sock, server, client_address): transparent, source
-        self.loops: list = []
-        self.receiver = None
+        self.sweeping = None
+        self.closed = False
         self.warn = Throttled(logging.WARNING)   # our own shortage: once a minute, not per datagram
 
     def count(self, what: str) -> None:
@@ -255,7 +254,7 @@ class UdpBalancer:
 
     def open_backend(self, server: Server, client):
         endpoint = server.endpoint
-        sock = gsocket.socket(endpoint.family, socket.SOCK_DGRAM)
+        sock = socket.socket(endpoint.family, socket.SOCK_DGRAM | socket.SOCK_NONBLOCK)
         try:
             for hook in self.connect_hooks:
                 hook(sock, server, client)
@@ -295,25 +294,24 @@ class UdpBalancer:
             self.log_line(f"{ip} {int(time.time())} {session.server.endpoint} UDP")
         return session
 
-    def receive(self, sock) -> None:
-        """The client side: every datagram to the listen address goes through here."""
-        table = self.table
-        while True:
-            try:
-                data, client = sock.recvfrom(MAX_DATAGRAM)
-            except OSError as e:
-                if self.sock is not sock or e.errno == errno.EBADF:
-                    return
-                self.count("udp_receive_errors")
-                log.debug("UDP: receive: %s", e)
-                gevent.sleep(0.01)
-                continue
-            session = table.get(client)
+    def receive(self) -> None:
+        """A read callback on the listen socket: every datagram from a client."""
+        try:
+            data, client = self.sock.recvfrom(MAX_DATAGRAM)
+        except BlockingIOError:
+            return
+        except OSError as e:
+            self.count("udp_receive_errors")
+            log.debug("UDP: receive: %s", e)
+            self.reader.stop()                 # an error that stays must not spin the loop
+            gevent.get_hub().loop.timer(0.01).start(self.resume, self.reader)
+            return
+        session = self.table.get(client)
+        if session is None:
+            session = self.open_session(client)
             if session is None:
-                session = self.open_session(client)
-                if session is None:
-                    continue
-            session.to_server(data)
+                return
+        session.to_server(data)
 
     def sweeper(self) -> None:
         while True:
@@ -332,8 +330,17 @@ class UdpBalancer:
     # the runtime's listener interface --------------------------------------------------
 
     def start(self) -> None:
-        self.receiver = gevent.spawn(self.receive, self.sock)
-        self.loops = [self.receiver, gevent.spawn(self.sweeper)]
+        self.listen(self.sock)
+        self.sweeping = gevent.spawn(self.sweeper)
+
+    def resume(self, reader) -> None:
+        if reader is self.reader and not self.closed:
+            reader.start(self.receive)
+
+    def listen(self, sock) -> None:
+        self.sock = sock
+        self.reader = gevent.get_hub().loop.io(sock.fileno(), 1)
+        self.reader.start(self.receive)
 
     def close_sessions(self) -> None:
         for session in self.table.sessions():
@@ -341,8 +348,11 @@ class UdpBalancer:
 
     def close(self) -> None:
         """Stop: without the listen socket no answer can reach a client, so end all."""
-        for loop in self.loops:
-            loop.kill(block=False)
+        self.closed = True
+        if self.sweeping is not None:
+            self.sweeping.kill(block=False)
+        if self.reader is not None:
+            self.reader.stop()
         self.close_sessions()
         self.sock.close()
 
@@ -350,9 +360,7 @@ class UdpBalancer:
         """`listen ADDR`: clients of the old address cannot be answered from the new one."""
         old = self.sock
         self.close_sessions()
-        if self.receiver is not None:
-            self.receiver.kill(block=False)
-        self.sock = sock
-        self.receiver = gevent.spawn(self.receive, sock)
-        self.loops = [self.receiver, *self.loops[1:]]
+        self.reader.stop()
+        sock.setblocking(False)
+        self.listen(sock)
         old.close()
