@@ -1,13 +1,12 @@
 """Moving bytes between a client and its server.
 
-Plain sockets (the common case) are relayed by `Relay`: each direction is a read callback
-on the hub's loop, so a chunk costs a recv and a send, with no greenlet switch. Once a
-direction has moved BULK bytes (a download, an upload) it switches to splice(2) through a
-pipe where the platform has it, so the bytes stay in the kernel; small exchanges never
-pay for the pipe. The connection's greenlet waits for the relay to end.
-
-Layered streams (TLS) are relayed by `pump`, one greenlet per direction, because their
-reads and writes must run the TLS state machine in a blocking style.
+`Relay` moves both directions of a connection in read callbacks on the hub's loop, so a
+chunk costs a recv and a send and no greenlet switch; the connection's greenlet waits for
+the relay to end. A stream is a plain non-blocking socket or, after its handshake, a TLS
+socket, whose record layer (_sslobj) reads and writes the same non-blocking fd. Once a
+direction between plain sockets has moved BULK bytes (a download, an upload) it switches
+to splice(2) through a pipe where the platform has it, so the bytes stay in the kernel;
+small exchanges never pay for the pipe.
 """
 
 from __future__ import annotations
@@ -18,9 +17,9 @@ import os
 import socket
 import sys
 import time
+from ssl import SSLEOFError, SSLWantReadError, SSLWantWriteError, SSLZeroReturnError
 
 import gevent
-from gevent import socket as gsocket
 from greenlet import getcurrent
 
 log = logging.getLogger("pen")
@@ -29,13 +28,10 @@ BUFSIZE = 64 * 1024
 BULK = 256 * 1024
 SPLICE = sys.platform.startswith("linux") and hasattr(os, "splice")
 _SPLICE_FLAGS = getattr(os, "SPLICE_F_MOVE", 1) | getattr(os, "SPLICE_F_NONBLOCK", 2)
-_PLAIN = (socket.socket, gsocket.socket)
 _GONE = (errno.ECONNRESET, errno.EPIPE, errno.ENOTCONN, errno.EBADF, errno.ETIMEDOUT)
 _READ, _WRITE = 1, 2
-
-
-class Idle(Exception):
-    """No bytes moved either way for idle_timeout seconds."""
+_WAIT = (BlockingIOError, SSLWantReadError, SSLWantWriteError)   # nothing to move now
+_EOF = (SSLZeroReturnError, SSLEOFError)      # the TLS peer closed (with or without notify)
 
 
 class Flow:
@@ -47,15 +43,9 @@ class Flow:
         self.last = time.monotonic()
         self.idle = idle or None
 
-    def waited_out(self) -> bool:
-        """After a wait timed out: is the whole connection idle, or only this direction?"""
-        return time.monotonic() - self.last >= self.idle
-
-
-# plain sockets: the event-driven relay -------------------------------------------------
 
 class Relay:
-    """Both directions of a connection between two plain non-blocking sockets.
+    """Both directions of a connection between two streams.
 
     run() returns when both directions have ended (EOF each way, passed on as a
     half-close), when one ends with `fastclose` set for it, on an error, or after idle
@@ -118,16 +108,19 @@ class _Direction:
     """src -> dst. Reading stops while dst cannot take what was read (backpressure);
     what is left waits in `pending` (bytes) or in the pipe (`piped` bytes, splice mode)."""
 
-    __slots__ = ("relay", "src", "dst", "count", "transform", "fastclose", "reader", "writer",
-                 "pending", "splice", "pipe", "piped", "eof")
+    __slots__ = ("relay", "src", "dst", "recv", "send", "buffered", "count", "transform",
+                 "fastclose", "reader", "writer", "pending", "splice", "pipe", "piped", "eof")
 
     def __init__(self, relay, loop, src, dst, count, transform, fastclose) -> None:
         self.relay, self.src, self.dst = relay, src, dst
         self.count, self.transform, self.fastclose = count, transform, fastclose
+        self.recv, self.buffered = _reading(src)
+        self.send = _writing(dst)
         self.reader = loop.io(src.fileno(), _READ)
-        self.writer = loop.io(dst.fileno(), _WRITE)
+        self.writer = None                 # made when dst first pushes back
         self.pending = None
-        self.splice = BULK if SPLICE and transform is None else None   # bytes to go until then
+        both_plain = self.buffered is None and type(dst) is socket.socket
+        self.splice = BULK if SPLICE and transform is None and both_plain else None
         self.pipe = None
         self.piped = 0
         self.eof = False
@@ -137,7 +130,8 @@ class _Direction:
 
     def stop(self) -> None:
         self.reader.stop()
-        self.writer.stop()
+        if self.writer is not None:
+            self.writer.stop()
         if self.pipe is not None:
             for fd in self.pipe:
                 os.close(fd)
@@ -154,9 +148,11 @@ class _Direction:
         if self.pipe is not None:
             return self.splice_in()
         try:
-            data = self.src.recv(BUFSIZE)
-        except BlockingIOError:
+            data = self.recv(BUFSIZE)
+        except _WAIT:
             return
+        except _EOF:
+            data = b""
         except OSError as e:
             return self.fail(e)
         if not data:
@@ -169,8 +165,10 @@ class _Direction:
             self.splice -= len(data)
             if self.splice <= 0:
                 self.start_splicing()
-        if data:
-            self.write(data)
+        if data and not self.write(data):
+            return
+        if self.buffered is not None and self.buffered() and self.reader.active:
+            self.readable()            # decrypted bytes the fd will not announce
 
     def end(self) -> None:
         """EOF from src: flush what the transform holds, then pass the half-close on."""
@@ -192,8 +190,8 @@ class _Direction:
         """Send data to dst; True if all of it went. Otherwise the rest is pending: stop
         reading until dst is writable again."""
         try:
-            sent = self.dst.send(data)
-        except BlockingIOError:
+            sent = self.send(data)
+        except _WAIT:
             sent = 0
         except OSError as e:
             self.fail(e)
@@ -206,6 +204,8 @@ class _Direction:
 
     def wait_writable(self) -> None:
         self.reader.stop()
+        if self.writer is None:
+            self.writer = self.relay.hub.loop.io(self.dst.fileno(), _WRITE)
         self.writer.start(self.writable)
 
     def writable(self) -> None:
@@ -213,8 +213,8 @@ class _Direction:
             return self.splice_out()
         pending = self.pending
         try:
-            sent = self.dst.send(pending)
-        except BlockingIOError:
+            sent = self.send(pending)
+        except _WAIT:
             return
         except OSError as e:
             return self.fail(e)
@@ -224,12 +224,17 @@ class _Direction:
         self.pending = None
         self.resume()
 
+    def waiting_to_write(self) -> bool:
+        return self.writer is not None and self.writer.active
+
     def resume(self) -> None:
         """All that was read has been written: read again (or finish after EOF)."""
         self.writer.stop()
         if self.eof:
             return self.finish()
         self.reader.start(self.readable)
+        if self.buffered is not None and self.buffered():
+            self.readable()
 
     # splice mode: socket -> pipe -> socket, all in the kernel ----------------------------
 
@@ -262,108 +267,35 @@ class _Direction:
                 self.piped -= os.splice(self.pipe[0], self.dst.fileno(), self.piped,
                                         flags=_SPLICE_FLAGS)
             except BlockingIOError:
-                if not self.writer.active:
+                if not self.waiting_to_write():
                     self.wait_writable()
                 return
             except OSError as e:
                 return self.fail(e)
-        if self.writer.active:
+        if self.waiting_to_write():
             self.resume()
 
 
-# layered streams (TLS): a greenlet per direction ----------------------------------------
-
-def pump(src, dst, flow: Flow, count, transform=None) -> None:
-    """Move bytes src -> dst until src ends; count(n) is told of every chunk.
-    Returns on EOF; raises Idle or OSError when the connection should be torn down."""
-    src.settimeout(flow.idle)
-    dst.settimeout(flow.idle)
-    read, write = _reader(src, flow), _writer(dst)
-    while True:
-        data = read()
-        if not data:
-            if transform is not None and (rest := transform.flush()):
-                write(rest)
-            return
-        flow.last = time.monotonic()
-        count(len(data))
-        if transform is not None:
-            data = transform.feed(data)
-        if data:
-            write(data)
+def _reading(stream):
+    """(recv, buffered) for a stream: a TLS socket reads through its record layer, and
+    may hold decrypted bytes (buffered() > 0) that its fd no longer shows."""
+    sslobj = getattr(stream, "_sslobj", None)
+    if sslobj is None:
+        return stream.recv, None
+    return sslobj.read, sslobj.pending
 
 
-def _reader(sock, flow: Flow):
-    """read() -> the next bytes from sock (b'' at EOF); raises Idle.
-
-    On a plain gevent socket it works at the syscall level: after a short read the socket
-    is drained, so it waits for readiness before the next recv instead of paying for a
-    recv that fails with EAGAIN (half of all recvs on a keep-alive connection otherwise)."""
-    if type(sock) is not gsocket.socket:
-        def read_layered() -> bytes:
-            while True:
-                try:
-                    return sock.recv(BUFSIZE)
-                except socket.timeout:
-                    if flow.waited_out():
-                        raise Idle() from None
-        return read_layered
-    recv, wait, readable = sock._sock.recv, sock._wait, sock._read_event
-    ready = True                     # the first recv is tried: a client has usually sent
-
-    def read() -> bytes:
-        nonlocal ready
-        while True:
-            if not ready:
-                try:
-                    wait(readable)
-                except socket.timeout:
-                    if flow.waited_out():
-                        raise Idle() from None
-                    continue
-            try:
-                data = recv(BUFSIZE)
-            except BlockingIOError:
-                ready = False
-                continue
-            ready = len(data) == BUFSIZE
-            return data
-    return read
-
-
-def _writer(sock):
-    """write(data): all of data to sock. gevent's sendall asks the kernel for SO_SNDBUF on
-    every call; a plain socket is written at the syscall level instead."""
-    if type(sock) is not gsocket.socket:
-        return sock.sendall
-    send, wait, writable = sock._sock.send, sock._wait, sock._write_event
-
-    def write(data: bytes) -> None:
-        try:
-            sent = send(data)
-        except BlockingIOError:
-            sent = 0
-        while sent < len(data):
-            wait(writable)              # a peer that reads nothing for idle seconds: timeout
-            try:
-                sent += send(memoryview(data)[sent:])
-            except BlockingIOError:
-                pass
-    return write
-
-
-# both ---------------------------------------------------------------------------------
-
-def plain(sock) -> bool:
-    """A bare kernel socket: what its fd carries is the stream itself. A layer in user space
-    (TLS) is not, and splice(2) would move its raw records past it."""
-    return type(sock) in _PLAIN
+def _writing(stream):
+    """send(data) for a stream. TLS: a write that would block raises SSLWantWriteError
+    and is retried with the same bytes, as OpenSSL requires."""
+    sslobj = getattr(stream, "_sslobj", None)
+    return stream.send if sslobj is None else sslobj.write
 
 
 def end_writes(sock) -> bool:
     """Half-close: tell sock's peer no more bytes come. False when the stream cannot
     (TLS has no half-close: its socket must be closed, which says close_notify)."""
-    if not plain(sock):
+    if type(sock) is not socket.socket:
         return False
     try:
         sock.shutdown(socket.SHUT_WR)

@@ -15,7 +15,6 @@ import time
 
 import gevent
 from gevent import socket as gsocket
-from gevent.event import Event
 from greenlet import getcurrent
 
 from . import relay, workers
@@ -247,43 +246,8 @@ class TcpBalancer:
         if state.log is not None:
             transform = _FirstLine(transform, lambda line: self.log_line(
                 f"{ip} {int(time.time())} {server.endpoint} {line}"))
-        fastclose = state.tcp_fastclose
-        if type(client) is socket.socket and type(upstream) is socket.socket:
-            relay.Relay(client, upstream, flow, to_server, to_client, transform, fastclose).run()
-            return
-        client, upstream = layered(client), layered(upstream)
-        back_done = Event()
-
-        def back():
-            try:
-                self._direction(upstream, client, flow, to_client, None,
-                                fastclose in ("up", "both"))
-            finally:
-                back_done.set()
-
-        workers.spawn(back)
-        try:
-            self._direction(client, upstream, flow, to_server, transform,
-                            fastclose in ("down", "both"))
-            back_done.wait()
-        finally:
-            _close(client, upstream)     # ends the other direction if it still runs
-
-    def _direction(self, src, dst, flow, count, transform, fastclose) -> None:
-        """One pump; on EOF pass the half-close on, on error or idle tear both sides down."""
-        try:
-            relay.pump(src, dst, flow, count, transform)
-        except relay.Idle:
-            log.debug("idle timeout")
-            _close(src, dst)
-            return
-        except OSError as e:
-            if not relay.gone(e):
-                log.info("relay: %s", e)
-            _close(src, dst)
-            return
-        if fastclose or not relay.end_writes(dst):
-            _close(src, dst)
+        relay.Relay(client, upstream, flow, to_server, to_client, transform,
+                    state.tcp_fastclose).run()
 
 
 class _FirstLine:
