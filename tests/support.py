@@ -199,3 +199,21 @@ def curl(url: str, *extra: str, interface: str | None = None, timeout: float = 1
 
 def curl_json(url: str, **kw) -> dict:
     return json.loads(curl(url, **kw))
+
+
+def slow_download(port, size, wrap=None) -> bytes:
+    """GET /bytes/size with a 4 KiB receive buffer, read 4 KiB at a time: the backend
+    writes far faster than this client reads, so pen must hold back (backpressure)."""
+    raw = socket.socket()
+    raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    raw.settimeout(20)
+    raw.connect(("127.0.0.1", port))
+    sock = wrap(raw) if wrap else raw
+    with sock:
+        sock.sendall(f"GET /bytes/{size} HTTP/1.0\r\nHost: x\r\n\r\n".encode())
+        data = bytearray()
+        while chunk := sock.recv(4096):
+            data += chunk
+    head, _, body = bytes(data).partition(b"\r\n\r\n")
+    assert head.split(b" ")[1] == b"200", head[:100]
+    return body

@@ -21,6 +21,7 @@ from support import (
     open_fds,
     pattern,
     run_pen,
+    slow_download,
     steady_fds,
     wait_for,
 )
@@ -336,3 +337,47 @@ def test_connection_log_names_client_server_and_request(backends, start_pen, tmp
     ip, epoch, server, request = line.split(" ", 3)
     assert abs(int(epoch) - time.time()) < 60
     assert server == backends[0].spec and request == "GET /logged HTTP/1.1"
+
+
+def test_a_slow_reader_gets_every_byte(backends, start_pen):
+    """Download: the relay splices, and waits whenever the client's socket is full."""
+    pen, port = start_pen(servers=[backends[0].spec])
+    size = 16 * 1024 * 1024
+    assert slow_download(port, size) == pattern(size)
+
+
+def test_a_slow_server_gets_every_byte_through_minus_h(start_pen):
+    """Upload through -H (copied, never spliced): sends that would block are kept and
+    finished when the server reads again."""
+    size = 16 * 1024 * 1024
+    listener = socket.create_server(("127.0.0.1", 0))
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    got = {}
+
+    def slow_server():
+        while "body" not in got:                 # (the fixture's probe comes first, empty)
+            conn, _ = listener.accept()
+            with conn:
+                data = bytearray()
+                while b"\r\n\r\n" not in data and (chunk := conn.recv(4096)):
+                    data += chunk
+                if not data:
+                    continue
+                head, _, body = bytes(data).partition(b"\r\n\r\n")
+                body = bytearray(body)
+                while len(body) < size and (chunk := conn.recv(4096)):
+                    body += chunk
+                got["head"], got["body"] = head, bytes(body)
+                conn.sendall(b"HTTP/1.0 204 No Content\r\n\r\n")
+
+    server = threading.Thread(target=slow_server, daemon=True)
+    server.start()
+    pen, port = start_pen("-H", servers=[f"127.0.0.1:{listener.getsockname()[1]}"])
+    with socket.create_connection(("127.0.0.1", port), timeout=20) as s:
+        s.sendall(f"POST /up HTTP/1.0\r\nContent-Length: {size}\r\n\r\n".encode())
+        s.sendall(pattern(size))
+        assert s.recv(100).startswith(b"HTTP/1.0 204")
+    server.join(20)
+    listener.close()
+    assert b"X-Forwarded-For: 127.0.0.1" in got["head"]
+    assert got["body"] == pattern(size)

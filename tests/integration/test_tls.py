@@ -21,6 +21,7 @@ from support import (
     open_fds,
     pattern,
     run_pen,
+    slow_download,
     steady_fds,
     wait_for,
 )
@@ -104,6 +105,15 @@ def test_big_download_is_byte_exact_over_tls(pki, backend, start_pen, tmp_path):
     size = 3 * 1024 * 1024
     curl(https(port, f"/bytes/{size}"), "--cacert", pki["ca"], "-o", str(target))
     assert target.read_bytes() == pattern(size)
+
+
+def test_a_slow_tls_reader_gets_every_byte(pki, backend, start_pen):
+    """Backpressure through the TLS layer: writes that would block are retried whole."""
+    pen, port = start_pen("-E", pki["site"], servers=[backend.spec])
+    ctx = ssl.create_default_context(cafile=pki["ca"])
+    size = 8 * 1024 * 1024
+    body = slow_download(port, size, lambda raw: ctx.wrap_socket(raw, server_hostname="localhost"))
+    assert body == pattern(size)
 
 
 def test_key_in_its_own_file(ca, tmp_path, backend, start_pen):
