@@ -26,6 +26,7 @@ log = logging.getLogger("pen")
 
 BUFSIZE = 64 * 1024
 BULK = 256 * 1024
+ROUNDS = 16            # chunks one direction may move per wake-up while its source has more
 SPLICE = sys.platform.startswith("linux") and hasattr(os, "splice")
 _SPLICE_FLAGS = getattr(os, "SPLICE_F_MOVE", 1) | getattr(os, "SPLICE_F_NONBLOCK", 2)
 _GONE = (errno.ECONNRESET, errno.EPIPE, errno.ENOTCONN, errno.EBADF, errno.ETIMEDOUT)
@@ -145,30 +146,39 @@ class _Direction:
     # reading ----------------------------------------------------------------------------
 
     def readable(self) -> None:
+        for _ in range(ROUNDS):
+            if not self.move():
+                return
+
+    def move(self) -> bool:
+        """Move one chunk; True if src may have more right now (it filled the buffer, or
+        TLS holds decrypted bytes the fd will not announce) and dst took all of it."""
         if self.pipe is not None:
             return self.splice_in()
         try:
             data = self.recv(BUFSIZE)
         except _WAIT:
-            return
+            return False
         except _EOF:
             data = b""
         except OSError as e:
-            return self.fail(e)
+            self.fail(e)
+            return False
         if not data:
-            return self.end()
+            self.end()
+            return False
+        n = len(data)
         self.relay.flow.last = time.monotonic()
-        self.count(len(data))
+        self.count(n)
         if self.transform is not None:
             data = self.transform.feed(data)
         elif self.splice is not None:
-            self.splice -= len(data)
+            self.splice -= n
             if self.splice <= 0:
                 self.start_splicing()
         if data and not self.write(data):
-            return
-        if self.buffered is not None and self.buffered() and self.reader.active:
-            self.readable()            # decrypted bytes the fd will not announce
+            return False
+        return n == BUFSIZE or (self.buffered is not None and self.buffered() > 0)
 
     def end(self) -> None:
         """EOF from src: flush what the transform holds, then pass the half-close on."""
@@ -210,7 +220,8 @@ class _Direction:
 
     def writable(self) -> None:
         if self.pipe is not None:
-            return self.splice_out()
+            self.splice_out()
+            return
         pending = self.pending
         try:
             sent = self.send(pending)
@@ -234,7 +245,7 @@ class _Direction:
             return self.finish()
         self.reader.start(self.readable)
         if self.buffered is not None and self.buffered():
-            self.readable()
+            self.readable()            # decrypted bytes the fd will not announce
 
     # splice mode: socket -> pipe -> socket, all in the kernel ----------------------------
 
@@ -246,22 +257,24 @@ class _Direction:
         except OSError as e:                  # out of fds: go on copying
             log.debug("relay: no pipe for splice: %s", e)
 
-    def splice_in(self) -> None:
+    def splice_in(self) -> bool:
         try:
             n = os.splice(self.src.fileno(), self.pipe[1], BUFSIZE, flags=_SPLICE_FLAGS)
         except BlockingIOError:
-            return
+            return False
         except OSError as e:
-            return self.fail(e)
+            self.fail(e)
+            return False
         if n == 0:
-            return self.end()
+            self.end()
+            return False
         self.relay.flow.last = time.monotonic()
         self.count(n)
         self.piped = n
-        self.splice_out()
+        return self.splice_out() and n == BUFSIZE
 
-    def splice_out(self) -> None:
-        """Move the piped bytes on to dst; wait for dst if it cannot take them all."""
+    def splice_out(self) -> bool:
+        """Move the piped bytes on to dst; True if all went, else wait for dst."""
         while self.piped:
             try:
                 self.piped -= os.splice(self.pipe[0], self.dst.fileno(), self.piped,
@@ -269,11 +282,13 @@ class _Direction:
             except BlockingIOError:
                 if not self.waiting_to_write():
                     self.wait_writable()
-                return
+                return False
             except OSError as e:
-                return self.fail(e)
+                self.fail(e)
+                return False
         if self.waiting_to_write():
             self.resume()
+        return True
 
 
 def _reading(stream):

@@ -133,7 +133,10 @@ class Runtime:
                 gsocket.socket(fileno=self.control_sock.detach()), state)
             self.control.start()
         log.info("pen-lb listening on %s, %d servers", state.listen, len(state.servers))
-        gc.freeze()           # what start-up built lives as long as we do: not the GC's work
+        # What start-up built lives as long as we do: not the GC's work. A connection leaves
+        # no cycles behind, so the young generation is collected 30x less often than by
+        # default (it was a tenth of the user time per new connection).
+        gc.freeze()
         gc.set_threshold(20000, 20, 20)
         self.stopping.wait()
         return self.drain()
