@@ -381,3 +381,53 @@ def test_a_slow_server_gets_every_byte_through_minus_h(start_pen):
     listener.close()
     assert b"X-Forwarded-For: 127.0.0.1" in got["head"]
     assert got["body"] == pattern(size)
+
+
+def test_a_connection_leaves_no_garbage_cycles():
+    """The runtime collects the young generation rarely (gc.set_threshold), which is only
+    sound while a finished connection is freed by reference counting alone."""
+    import gc
+
+    import gevent
+
+    from pen.cli import parse
+    from pen.tcp import TcpBalancer
+
+    echo = socket.create_server(("127.0.0.1", 0))
+
+    def serve():
+        while True:
+            conn, _ = echo.accept()
+            with conn:
+                conn.sendall(conn.recv(100))
+
+    threading.Thread(target=serve, daemon=True).start()
+    state, _ = parse(["-f", "127.0.0.1:0", f"127.0.0.1:{echo.getsockname()[1]}"])
+    listen = socket.create_server(("127.0.0.1", 0))
+    balancer = TcpBalancer(state, listen)
+    balancer.listener.start()
+    done = threading.Event()
+
+    def clients():
+        for _ in range(200):
+            with socket.create_connection(listen.getsockname(), timeout=5) as s:
+                s.sendall(b"ping")
+                assert s.recv(10) == b"ping"
+        done.set()
+
+    gc.collect()
+    gc.disable()
+    gc.set_debug(gc.DEBUG_SAVEALL)
+    try:
+        threading.Thread(target=clients, daemon=True).start()
+        while not done.is_set():
+            gevent.sleep(0.01)                 # the balancer runs while this greenlet waits
+        wait_for(lambda: (gevent.sleep(0.01), not state.connections)[1], what="all closed")
+        gc.collect()
+        assert [type(o).__name__ for o in gc.garbage] == []
+    finally:
+        gc.set_debug(0)
+        gc.garbage.clear()
+        gc.enable()
+        balancer.listener.close()
+        echo.close()
