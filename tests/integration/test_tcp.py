@@ -4,6 +4,7 @@ Client addresses 127.0.0.x are separate clients to pen (curl --interface).
 """
 
 import hashlib
+import http.client
 import json
 import os
 import socket
@@ -175,6 +176,29 @@ def test_half_close_client_still_receives_the_reply(start_pen):
             reply += chunk
     assert reply == b"got 100000 bytes"
     server.sock.close()
+
+
+def test_tcp_fastclose_ends_the_connection_at_the_clients_eof(start_pen):
+    """With tcp_fastclose down|both, the client's EOF closes both sides at once: the reply
+    the server would send after it never comes."""
+    server = ReplyAfterEof()
+    pen, port = start_pen("-O", "tcp_fastclose down", servers=[f"127.0.0.1:{server.port}"])
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+        s.sendall(b"x" * 1000)
+        s.shutdown(socket.SHUT_WR)
+        assert s.recv(100) == b""
+    server.sock.close()
+
+
+def test_idle_timeout_closes_a_connection_that_went_quiet(backends, start_pen):
+    pen, port = start_pen("-O", "idle_timeout 1", servers=[backends[0].spec])
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    conn.request("GET", "/")
+    assert conn.getresponse().read()                   # a keep-alive answer, then quiet
+    quiet = time.monotonic()
+    assert conn.sock.recv(10) == b""
+    assert 0.9 <= time.monotonic() - quiet < 5
+    conn.close()
 
 
 def test_idle_timeout_closes_a_silent_client(backends, start_pen):
