@@ -68,12 +68,12 @@ class Relay:
                        fastclose in ("up", "both")))
 
     def run(self) -> None:
-        for direction in self.directions:
-            direction.start()
-        if self.flow.idle:
-            self.check_idle()
         self.waiting = getcurrent()
         try:
+            for direction in self.directions:
+                direction.start()
+            if self.flow.idle:
+                self.check_idle()
             while self.waiting is not None:
                 self.hub.switch()          # close() switches back
         finally:

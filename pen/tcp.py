@@ -88,7 +88,12 @@ class Listener:
                 else:                  # the client left before we took it (ECONNABORTED...)
                     log.debug("accept: %s", e)
                 return
-            client = socket.socket(family, socket.SOCK_STREAM, 0, fd)
+            try:
+                client = socket.socket(family, socket.SOCK_STREAM, 0, fd)
+            except OSError as e:           # gone already: the fd must not leak
+                log.debug("accept: %s", e)
+                os.close(fd)
+                continue
             client.setblocking(False)
             conn = balancer.state.open_connection(address)
             workers.spawn(balancer.handle, conn, client, address)
