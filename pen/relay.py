@@ -207,9 +207,11 @@ class _Direction:
             self.fail(e)
             return False
         if sent == len(data):
+            self.pending = None
             return True
         self.pending = memoryview(data)[sent:]
-        self.wait_writable()
+        if not self.waiting_to_write():
+            self.wait_writable()
         return False
 
     def wait_writable(self) -> None:
@@ -222,18 +224,8 @@ class _Direction:
         if self.pipe is not None:
             self.splice_out()
             return
-        pending = self.pending
-        try:
-            sent = self.send(pending)
-        except _WAIT:
-            return
-        except OSError as e:
-            return self.fail(e)
-        if sent < len(pending):
-            self.pending = pending[sent:]
-            return
-        self.pending = None
-        self.resume()
+        if self.write(self.pending):
+            self.resume()
 
     def waiting_to_write(self) -> bool:
         return self.writer is not None and self.writer.active
