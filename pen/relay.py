@@ -35,16 +35,6 @@ _WAIT = (BlockingIOError, SSLWantReadError, SSLWantWriteError)   # nothing to mo
 _EOF = (SSLZeroReturnError, SSLEOFError)      # the TLS peer closed (with or without notify)
 
 
-class Flow:
-    """What both directions of a connection share: when bytes last moved, the idle limit."""
-
-    __slots__ = ("last", "idle")
-
-    def __init__(self, idle: float) -> None:
-        self.last = time.monotonic()
-        self.idle = idle or None
-
-
 class Relay:
     """Both directions of a connection between two streams.
 
@@ -53,9 +43,10 @@ class Relay:
     seconds without a byte; an exception thrown into its greenlet ends it too. The
     caller closes the sockets."""
 
-    def __init__(self, client, upstream, flow: Flow, to_server, to_client,
+    def __init__(self, client, upstream, idle: float, to_server, to_client,
                  transform=None, fastclose: str = "off") -> None:
-        self.flow = flow
+        self.last = time.monotonic()       # when bytes last moved, either way
+        self.idle = idle or None
         self.hub = gevent.get_hub()
         self.open = 2                      # directions still running
         self.waiting = None                # the greenlet in run()
@@ -72,7 +63,7 @@ class Relay:
         try:
             for direction in self.directions:
                 direction.start()
-            if self.flow.idle:
+            if self.idle:
                 self.check_idle()
             while self.waiting is not None:
                 self.hub.switch()          # close() switches back
@@ -83,7 +74,7 @@ class Relay:
 
     def check_idle(self) -> None:
         """A timer callback: end the relay once no byte has moved for idle seconds."""
-        left = self.flow.last + self.flow.idle - time.monotonic()
+        left = self.last + self.idle - time.monotonic()
         if left <= 0:
             log.debug("idle timeout")
             return self.close()
@@ -168,7 +159,7 @@ class _Direction:
             self.end()
             return False
         n = len(data)
-        self.relay.flow.last = time.monotonic()
+        self.relay.last = time.monotonic()
         self.count(n)
         if self.transform is not None:
             data = self.transform.feed(data)
@@ -260,7 +251,7 @@ class _Direction:
         if n == 0:
             self.end()
             return False
-        self.relay.flow.last = time.monotonic()
+        self.relay.last = time.monotonic()
         self.count(n)
         self.piped = n
         return self.splice_out() and n == BUFSIZE

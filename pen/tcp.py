@@ -235,7 +235,6 @@ class TcpBalancer:
 
     def relay(self, conn: Connection, client, upstream, server: Server, entry, ip) -> None:
         state = self.state
-        flow = relay.Flow(state.idle_timeout)
 
         def to_server(n):
             server.sx += n
@@ -251,7 +250,7 @@ class TcpBalancer:
         if state.log is not None:
             transform = _FirstLine(transform, lambda line: self.log_line(
                 f"{ip} {int(time.time())} {server.endpoint} {line}"))
-        relay.Relay(client, upstream, flow, to_server, to_client, transform,
+        relay.Relay(client, upstream, state.idle_timeout, to_server, to_client, transform,
                     state.tcp_fastclose).run()
 
 
