@@ -239,7 +239,6 @@ class UdpBalancer:
 
     def __init__(self, state: State, sock, log_line=None) -> None:
         self.state = state
-        sock.setblocking(False)
         self.sock = sock
         self.reader = None
         self.listener = self
@@ -343,6 +342,8 @@ class UdpBalancer:
             reader.start(self.receive)
 
     def listen(self, sock) -> None:
+        """Read the datagrams that reach sock."""
+        sock.setblocking(False)
         self.sock = sock
         self.reader = gevent.get_hub().loop.io(sock.fileno(), 1)
         self.reader.start(self.receive)
@@ -366,6 +367,5 @@ class UdpBalancer:
         old = self.sock
         self.close_sessions()
         self.reader.stop()
-        sock.setblocking(False)
         self.listen(sock)
         old.close()
