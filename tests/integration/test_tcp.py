@@ -418,14 +418,19 @@ def test_a_connection_leaves_no_garbage_cycles():
     from pen.tcp import TcpBalancer
 
     echo = socket.create_server(("127.0.0.1", 0))
+    connections = 200
 
     def serve():
-        while True:
-            conn, _ = echo.accept()
+        for _ in range(connections):
+            try:
+                conn, _ = echo.accept()
+            except OSError:                    # closed under it: the test ended early
+                return
             with conn:
                 conn.sendall(conn.recv(100))
 
-    threading.Thread(target=serve, daemon=True).start()
+    server = threading.Thread(target=serve, daemon=True)
+    server.start()
     state, _ = parse(["-f", "127.0.0.1:0", f"127.0.0.1:{echo.getsockname()[1]}"])
     listen = socket.create_server(("127.0.0.1", 0))
     balancer = TcpBalancer(state, listen)
@@ -433,25 +438,29 @@ def test_a_connection_leaves_no_garbage_cycles():
     done = threading.Event()
 
     def clients():
-        for _ in range(200):
+        for _ in range(connections):
             with socket.create_connection(listen.getsockname(), timeout=5) as s:
                 s.sendall(b"ping")
                 assert s.recv(10) == b"ping"
         done.set()
+
+    def after_a_loop_turn(condition):
+        gevent.sleep(0.01)                     # the balancer runs while this greenlet waits
+        return condition()
 
     gc.collect()
     gc.disable()
     gc.set_debug(gc.DEBUG_SAVEALL)
     try:
         threading.Thread(target=clients, daemon=True).start()
-        while not done.is_set():
-            gevent.sleep(0.01)                 # the balancer runs while this greenlet waits
-        wait_for(lambda: (gevent.sleep(0.01), not state.connections)[1], what="all closed")
+        wait_for(lambda: after_a_loop_turn(done.is_set), timeout=60, what="the clients")
+        wait_for(lambda: after_a_loop_turn(lambda: not state.connections), what="all closed")
         gc.collect()
         assert [type(o).__name__ for o in gc.garbage] == []
     finally:
         gc.set_debug(0)
         gc.garbage.clear()
         gc.enable()
+        server.join(5)
         balancer.listener.close()
         echo.close()
