@@ -1,11 +1,13 @@
 """The UDP balancer (-U) on gevent: one session per client address and port.
 
-Client -> server: a read callback on the listen socket takes each datagram, finds the
-client's session (opening it with select.candidates) and sends the datagram from the
-session's own backend socket. Server -> client: a read callback on that socket answers the
-client from the listen socket. A datagram costs a recvfrom and a sendto, no greenlet
-switch. A sweeper greenlet ends idle sessions and fails over from silent servers. The
-decisions are select's and udptable's; this module only moves datagrams.
+Client -> server: a read callback on the listen socket takes a batch of datagrams (see
+mmsg: up to 32 per system call on Linux), finds each client's session (opening it with
+select.candidates) and sends its datagrams from the session's own backend socket, again
+all in one call. Server -> client: a read callback on that socket answers the client from
+the listen socket the same way. No greenlet switch, and a datagram is never copied into a
+Python object unless it must be kept for a failover. A sweeper greenlet ends idle sessions
+and fails over from silent servers. The decisions are select's and udptable's; this module
+only moves datagrams.
 
 The backend socket is not connected: it takes datagrams from the server's IP on any port
 and sends the client's next datagrams to the port the server last answered from. That is
@@ -26,15 +28,15 @@ import gevent
 from .addr import client_ip
 from .cli import UsageError
 from .daemon import Throttled
+from .mmsg import best as best_batch
 from .select import candidates
 from .state import Server, State
 from .udptable import SessionTable, idle_limit, sweep
 
 log = logging.getLogger("pen")
 
-MAX_DATAGRAM = 65535
 TICK = 0.25                              # how often the sweeper looks at the sessions
-BATCH = 32             # datagrams taken per wake-up: under load, fewer trips through the loop
+ROUNDS = 4             # batches one socket may take per wake-up while it has more
 RECVERR = sys.platform.startswith("linux")
 # IP_RECVERR / IPV6_RECVERR: Python does not name them; the numbers are Linux's ABI.
 _RECVERR = {socket.AF_INET: (socket.IPPROTO_IP, 11), socket.AF_INET6: (socket.IPPROTO_IPV6, 25)}
@@ -65,17 +67,20 @@ def refusals(sock) -> list:
 
 
 class Session:
-    """One client address: its server, backend socket and the datagram awaiting an answer."""
+    """One client address: its server, backend socket and the datagram awaiting an answer.
 
-    __slots__ = ("balancer", "client", "ip", "server", "sock", "dest", "reader", "conn",
-                 "entry", "last", "pending", "pending_since", "unanswered", "answered",
-                 "closed")
+    Peers are known by address tuple (client, dest) and by the batch's name for them (key,
+    dest_name): the names are what datagrams are matched and sent by."""
 
-    def __init__(self, balancer: "UdpBalancer", client, ip) -> None:
+    __slots__ = ("balancer", "client", "key", "ip", "server", "sock", "dest", "dest_name",
+                 "reader", "conn", "entry", "last", "pending", "pending_since", "unanswered",
+                 "answered", "closed")
+
+    def __init__(self, balancer: "UdpBalancer", key, client, ip) -> None:
         self.balancer = balancer
-        self.client, self.ip = client, ip
+        self.key, self.client, self.ip = key, client, ip
         self.server: Server | None = None
-        self.sock = self.dest = self.reader = self.conn = self.entry = None
+        self.sock = self.dest = self.dest_name = self.reader = self.conn = self.entry = None
         self.last = time.monotonic()
         self.pending: bytes | None = None      # the client's last datagram, for failover
         self.pending_since = 0.0
@@ -97,7 +102,9 @@ class Session:
         old_sock, old_reader = self.sock, self.reader
         if self.server is not None:
             self.server.conn -= 1
-        self.server, self.sock, self.dest = server, sock, server.endpoint.sockaddr
+        self.server, self.sock = server, sock
+        self.dest = server.endpoint.sockaddr
+        self.dest_name = self.balancer.batch.name(self.dest)
         server.conn += 1
         server.total += 1
         if self.conn is not None:
@@ -106,7 +113,7 @@ class Session:
             self.entry.server = server.index
         self.answered, self.unanswered = False, 0
         self.reader = gevent.get_hub().loop.io(sock.fileno(), 1)
-        self.reader.start(self.from_server, sock, server.endpoint.sockaddr[0])
+        self.reader.start(self.from_server, sock)
         if old_reader is not None:
             old_reader.stop()
             old_sock.close()
@@ -127,7 +134,7 @@ class Session:
             return
         if self.pending is not None:
             self.pending_since = time.monotonic()
-            self._send(self.pending)
+            self.resend()
 
     def refused(self) -> bool:
         """The backend socket reported ECONNREFUSED: fail over if the server's own port
@@ -143,48 +150,67 @@ class Session:
 
     # moving datagrams ------------------------------------------------------------------
 
-    def to_server(self, data: bytes) -> None:
+    def forward(self, slots: list) -> None:
+        """Send the client's datagrams in these batch slots to the server, in order."""
+        batch = self.balancer.batch
         now = time.monotonic()
         self.last = now
         if not self.pending_since:
             self.pending_since = now
-        self.pending = data
-        self._send(data)
+        sent = datagrams = nbytes = 0
+        retried = -1
+        while sent < len(slots):
+            try:
+                n = batch.send(self.sock, slots, sent, self.dest_name)
+            except ConnectionRefusedError:
+                # An earlier datagram was refused; this one was not sent. A failover
+                # resends it as pending; a refusal from elsewhere costs one retry.
+                self.pending = batch.copy(slots[sent])
+                if self.refused() or retried == sent:
+                    sent += 1
+                else:
+                    retried = sent
+                if self.closed:                # no server left
+                    return
+                continue
+            except OSError as e:
+                self.balancer.count("udp_send_errors")
+                log.debug("UDP: send to %s: %s", self.dest, e)
+                sent += 1
+                continue
+            for i in slots[sent:sent + n]:
+                nbytes += batch.length(i)
+            sent += n
+            datagrams += n
+        self.pending = batch.copy(slots[-1])
+        self.unanswered += datagrams
+        self.count_sent(datagrams, nbytes)
 
-    def _send(self, data: bytes) -> None:
+    def count_sent(self, datagrams: int, nbytes: int) -> None:
+        self.server.sx += nbytes
+        self.server.dgrams_sx += datagrams
+        self.conn.sx += nbytes
+        self.entry.sx += nbytes
+
+    def resend(self) -> None:
+        """Send the pending datagram again (to the server a failover chose)."""
         self.unanswered += 1
         try:
-            self.sock.sendto(data, self.dest)
-        except ConnectionRefusedError:
-            # An earlier datagram was refused; this one was not sent. A failover resends it.
-            if not self.refused():
-                self._retry(data)
-            return
+            self.sock.sendto(self.pending, self.dest)
         except OSError as e:
             self.balancer.count("udp_send_errors")
             log.debug("UDP: send to %s: %s", self.dest, e)
             return
-        n = len(data)
-        self.server.sx += n
-        self.server.dgrams_sx += 1
-        self.conn.sx += n
-        self.entry.sx += n
+        self.count_sent(1, len(self.pending))
 
-    def _retry(self, data: bytes) -> None:
-        try:
-            self.sock.sendto(data, self.dest)
-        except OSError:
-            self.balancer.count("udp_send_errors")
-
-    def from_server(self, sock, host) -> None:
+    def from_server(self, sock) -> None:
         """A read callback: relay the server's datagrams to the client."""
-        for _ in range(BATCH):
+        batch = self.balancer.batch
+        for _ in range(ROUNDS):
             if self.sock is not sock or self.closed:      # moved on (failover) or ended
                 return
             try:
-                data, source = sock.recvfrom(MAX_DATAGRAM)
-            except BlockingIOError:
-                return
+                n = batch.receive(sock)
             except ConnectionRefusedError:
                 self.refused()
                 return
@@ -194,31 +220,54 @@ class Session:
                 if RECVERR:
                     refusals(sock)   # empty the error queue, or the socket stays readable
                 return
-            if source[0] != host:
-                self.balancer.count("udp_stray")      # not our server: never to the client
-                continue
-            self.dest = source                        # TFTP: the transfer's own port
-            self.last = time.monotonic()
-            self.pending, self.pending_since = None, 0.0
-            self.unanswered, self.answered = 0, True
-            n = len(data)
-            server = self.server
-            server.rx += n
-            server.dgrams_rx += 1
-            self.conn.rx += n
-            self.entry.rx += n
+            slots = []
+            for i in range(n):
+                if batch.source(i) != self.dest_name and not self.moved(batch.source(i)):
+                    self.balancer.count("udp_stray")  # not our server: never to the client
+                    continue
+                slots.append(i)
+            if slots:
+                self.reply(slots)
+            if n < batch.slots:
+                return
+
+    def moved(self, source) -> bool:
+        """A datagram from another port than dest: the server's (TFTP: the transfer's own
+        port, where the client's next datagrams go) if it comes from the server's IP."""
+        address = self.balancer.batch.address(source)
+        if address[0] != self.server.endpoint.sockaddr[0]:
+            return False
+        self.dest, self.dest_name = address, source
+        return True
+
+    def reply(self, slots: list) -> None:
+        batch, listen = self.balancer.batch, self.balancer.sock
+        self.last = time.monotonic()
+        self.pending, self.pending_since = None, 0.0
+        self.unanswered, self.answered = 0, True
+        nbytes = 0
+        for i in slots:
+            nbytes += batch.length(i)
+        server = self.server
+        server.rx += nbytes
+        server.dgrams_rx += len(slots)
+        self.conn.rx += nbytes
+        self.entry.rx += nbytes
+        sent = 0
+        while sent < len(slots):
             try:
-                self.balancer.sock.sendto(data, self.client)
+                sent += batch.send(listen, slots, sent, self.key)
             except OSError as e:
                 self.balancer.count("udp_reply_errors")
                 log.debug("UDP: reply to %s: %s", self.client, e)
+                sent += 1
 
     def close(self) -> None:
         if self.closed:
             return
         self.closed = True
         balancer = self.balancer
-        balancer.table.remove(self.client, self)
+        balancer.table.remove(self.key, self)
         if self.conn is not None:
             balancer.state.close_connection(self.conn)
         if self.server is not None:
@@ -243,6 +292,7 @@ class UdpBalancer:
         self.reader = None
         self.listener = self
         self.table = SessionTable()
+        self.batch = best_batch()
         self.log_line = log_line or (lambda text: None)
         self.connect_hooks = []          # fn(sock, server, client_address): transparent, source
         self.sweeping = None
@@ -272,10 +322,11 @@ class UdpBalancer:
 
     # sessions --------------------------------------------------------------------------
 
-    def open_session(self, client) -> Session | None:
+    def open_session(self, key) -> Session | None:
         state = self.state
+        client = self.batch.address(key)
         ip = client_ip(client)
-        session = Session(self, client, ip)
+        session = Session(self, key, client, ip)
         for server in candidates(state, ip, client[1], time.time()):
             if session.attach(server):
                 break
@@ -289,7 +340,7 @@ class UdpBalancer:
         entry.connects += 1
         if session.server.index >= 0:
             entry.server = session.server.index
-        for old in self.table.add(client, session, state.conn_max):
+        for old in self.table.add(key, session, state.conn_max):
             self.count("udp_evicted")
             old.close()
         if state.log is not None:
@@ -298,24 +349,30 @@ class UdpBalancer:
 
     def receive(self) -> None:
         """A read callback on the listen socket: the datagrams from clients."""
-        sock, table = self.sock, self.table
-        for _ in range(BATCH):
+        sock, table, batch = self.sock, self.table, self.batch
+        for _ in range(ROUNDS):
             try:
-                data, client = sock.recvfrom(MAX_DATAGRAM)
-            except BlockingIOError:
-                return
+                n = batch.receive(sock)
             except OSError as e:
                 self.count("udp_receive_errors")
                 log.debug("UDP: receive: %s", e)
                 self.reader.stop()             # an error that stays must not spin the loop
                 gevent.get_hub().loop.timer(0.01).start(self.resume, self.reader)
                 return
-            session = table.get(client)
-            if session is None:
-                session = self.open_session(client)
-                if session is None:
-                    continue
-            session.to_server(data)
+            # Each client's datagrams, in order, go out together: one send per session.
+            batches: dict = {}
+            for i in range(n):
+                key = batch.source(i)
+                slots = batches.get(key)
+                if slots is None:
+                    session = table.get(key) or self.open_session(key)
+                    slots = batches[key] = [session]
+                slots.append(i)
+            for session, *slots in batches.values():
+                if session is not None and not session.closed:
+                    session.forward(slots)
+            if n < batch.slots:
+                return
 
     def sweeper(self) -> None:
         while True:

@@ -1,5 +1,7 @@
 """The UDP balancer in this process (gevent), against UDP backends in threads: counters,
-odd datagrams, strays, the session limit, idle expiry, listen and close."""
+odd datagrams, strays, the session limit, idle expiry, listen and close, bursts. Each test
+runs with both ways of moving datagrams: batches (recvmmsg/sendmmsg, Linux) and one
+recvfrom/sendto per datagram (elsewhere)."""
 
 import os
 import socket
@@ -10,7 +12,7 @@ import pytest
 from gevent import socket as gsocket
 from udp_peers import Responder, echo
 
-from pen import commands
+from pen import commands, mmsg
 from pen.cli import parse
 from pen.runtime import bind
 from pen.udp import UdpBalancer
@@ -25,15 +27,20 @@ def gwait(condition, timeout=5.0, what="condition"):
         gevent.sleep(0.02)
 
 
-@pytest.fixture
-def balance():
+@pytest.fixture(params=["mmsg", "plain"])
+def balance(request):
     """balance(*argv) -> (state, balancer, port): pen -U on 127.0.0.1:<free port>."""
+    if request.param == "mmsg" and not mmsg.AVAILABLE:
+        pytest.skip("recvmmsg/sendmmsg: Linux only")
     running = []
 
     def start(*argv):
         state, _ = parse(["-U", *argv[:-1], "127.0.0.1:0", *argv[-1]])
         sock = bind(state.listen, socket.SOCK_DGRAM)
         balancer = UdpBalancer(state, gsocket.socket(fileno=sock.detach()))
+        if request.param == "plain":
+            balancer.batch = mmsg.PlainBatch()
+        assert isinstance(balancer.batch, mmsg.Batch) == (request.param == "mmsg")
         balancer.start()
         running.append(balancer)
         return state, balancer, balancer.sock.getsockname()[1]
@@ -188,5 +195,42 @@ def test_no_server_for_a_denied_client_is_counted(balance):
         assert ask(client, port, b"a", timeout=0.3) is None
         assert state.counters["udp_no_server"] == 1 and not state.connections
         client.close()
+    finally:
+        backend.stop()
+
+
+def burst(clients, port, count):
+    """Each client sends count numbered datagrams without waiting, then reads its answers:
+    {client index: the answers in arrival order}."""
+    for n in range(count):
+        for k, sock in enumerate(clients):
+            sock.sendto(b"%d:%d" % (k, n), ("127.0.0.1", port))
+    answers = {}
+    for k, sock in enumerate(clients):
+        got = answers[k] = []
+        with gevent.Timeout(5, AssertionError(f"client {k}: {len(got)} of {count} answers")):
+            while len(got) < count:
+                got.append(sock.recvfrom(100)[0])
+    return answers
+
+
+def test_bursts_from_several_clients_arrive_complete_and_in_order(balance):
+    """More datagrams than a batch holds, from clients whose datagrams interleave in each
+    batch: every client gets exactly its own answers, in the order it sent them."""
+    backend = echo()
+    try:
+        state, balancer, port = balance([backend.spec])
+        clients = [gclient(f"127.0.0.{k + 1}") for k in range(3)]
+        for sock in clients:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
+        answers = burst(clients, port, 40)     # 120 datagrams: 4 batches, and within
+        # the default receive buffers
+        for k in range(3):
+            assert answers[k] == [b"%d:%d" % (k, n) for n in range(40)]
+        server = state.servers[0]
+        assert server.dgrams_sx == server.dgrams_rx == 120
+        assert len(state.connections) == 3
+        for sock in clients:
+            sock.close()
     finally:
         backend.stop()
