@@ -130,13 +130,15 @@ class Batch:
         self._used = n
         return n
 
-    def length(self, i: int) -> int:
-        return self._u32[i * 16 + 14]
+    def sources(self, n: int) -> list:
+        """The senders of the first n datagrams, by name."""
+        view, u32 = self._name_view, self._u32
+        return [view[i * _NAME:i * _NAME + u32[i * 16 + 2]].tobytes() for i in range(n)]
 
-    def source(self, i: int) -> bytes:
-        """The sender of datagram i, by name."""
-        start = i * _NAME
-        return self._name_view[start:start + self._u32[i * 16 + 2]].tobytes()
+    def size_of(self, slots: list) -> int:
+        """The bytes in these slots."""
+        u32 = self._u32
+        return sum([u32[i * 16 + 14] for i in slots])
 
     def copy(self, i: int) -> bytes:
         start = i * self.size
@@ -192,11 +194,11 @@ class PlainBatch:
             sources.append(source)
         return len(data)
 
-    def length(self, i: int) -> int:
-        return len(self._data[i])
+    def sources(self, n: int) -> list:
+        return self._sources[:n]
 
-    def source(self, i: int):
-        return self._sources[i]
+    def size_of(self, slots: list) -> int:
+        return sum([len(self._data[i]) for i in slots])
 
     def copy(self, i: int) -> bytes:
         return self._data[i]

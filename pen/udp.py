@@ -178,8 +178,7 @@ class Session:
                 log.debug("UDP: send to %s: %s", self.dest, e)
                 sent += 1
                 continue
-            for i in slots[sent:sent + n]:
-                nbytes += batch.length(i)
+            nbytes += batch.size_of(slots[sent:sent + n])
             sent += n
             datagrams += n
         self.pending = batch.copy(slots[-1])
@@ -221,8 +220,8 @@ class Session:
                     refusals(sock)   # empty the error queue, or the socket stays readable
                 return
             slots = []
-            for i in range(n):
-                if batch.source(i) != self.dest_name and not self.moved(batch.source(i)):
+            for i, source in enumerate(batch.sources(n)):
+                if source != self.dest_name and not self.moved(source):
                     self.balancer.count("udp_stray")  # not our server: never to the client
                     continue
                 slots.append(i)
@@ -245,9 +244,7 @@ class Session:
         self.last = time.monotonic()
         self.pending, self.pending_since = None, 0.0
         self.unanswered, self.answered = 0, True
-        nbytes = 0
-        for i in slots:
-            nbytes += batch.length(i)
+        nbytes = batch.size_of(slots)
         server = self.server
         server.rx += nbytes
         server.dgrams_rx += len(slots)
@@ -361,8 +358,7 @@ class UdpBalancer:
                 return
             # Each client's datagrams, in order, go out together: one send per session.
             batches: dict = {}
-            for i in range(n):
-                key = batch.source(i)
+            for i, key in enumerate(batch.sources(n)):
                 slots = batches.get(key)
                 if slots is None:
                     session = table.get(key) or self.open_session(key)

@@ -32,8 +32,8 @@ def test_a_name_is_what_the_kernel_reports_and_turns_back_into_the_address(batch
         with udp(host, family) as sender, udp(host, family) as receiver:
             sender.sendto(b"x", receiver.getsockname())
             assert batch.receive(receiver) == 1
-            assert batch.address(batch.source(0)) == sender.getsockname()
-            assert batch.source(0) == batch.name(sender.getsockname())
+            assert batch.address(batch.sources(1)[0]) == sender.getsockname()
+            assert batch.sources(1)[0] == batch.name(sender.getsockname())
 
 
 def test_receive_takes_what_waits_up_to_a_batch_with_lengths_and_bytes_intact(batch):
@@ -47,7 +47,7 @@ def test_receive_takes_what_waits_up_to_a_batch_with_lengths_and_bytes_intact(ba
         first = batch.receive(receiver)
         assert first == batch.slots
         assert [batch.copy(i) for i in range(first)] == payloads[:first]
-        assert [batch.length(i) for i in range(2)] == [0, 65507]
+        assert [batch.size_of([0]), batch.size_of([1]), batch.size_of([0, 1])] == [0, 65507, 65507]
         assert batch.receive(receiver) == len(payloads) - first
         assert [batch.copy(i) for i in range(len(payloads) - first)] == payloads[first:]
         assert batch.receive(receiver) == 0
