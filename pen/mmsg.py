@@ -39,9 +39,17 @@ class _Mmsghdr(ctypes.Structure):
     _fields_ = [("hdr", _Msghdr), ("len", ctypes.c_uint)]
 
 
+# The fields read and written per datagram are reached through flat views of the arrays
+# (ctypes attribute access costs more than the system call it saves): a header is _HDR
+# u32s, its name length and received length at these u32 indexes; an iovec is 2 u64s.
+_HDR = ctypes.sizeof(_Mmsghdr) // 4
+_NAMELEN = _Msghdr.namelen.offset // 4
+_LEN = _Mmsghdr.len.offset // 4
+
+
 def _libc():
-    if not sys.platform.startswith("linux"):
-        return None
+    if not sys.platform.startswith("linux") or ctypes.sizeof(ctypes.c_void_p) != 8:
+        return None               # the views above assume a 64-bit layout
     try:
         libc = ctypes.PyDLL(None, use_errno=True)   # no GIL release: the calls never block
         libc.recvmmsg.restype = libc.sendmmsg.restype = ctypes.c_int
@@ -105,21 +113,18 @@ class Batch:
             hdr.name, hdr.namelen, hdr.iov, hdr.iovlen = names + i * _NAME, _NAME, iov + i * isize, 1
             out = self._out_hdrs[i].hdr
             out.name, out.iov, out.iovlen = out_name, out_iov + i * isize, 1
-        # Fields read and written per datagram, through flat views (ctypes attribute access
-        # costs more than the system call it saves): a header is 16 u32s or 8 u64s.
         self._view = memoryview(self._data).cast("B")
         self._name_view = memoryview(self._names).cast("B")
         self._u32 = memoryview(self._hdrs).cast("B").cast("I")
         self._out_u32 = memoryview(self._out_hdrs).cast("B").cast("I")
         self._out_u64 = memoryview(self._out_iov).cast("B").cast("Q")
         self._used = slots                 # headers whose name length the kernel changed
-        assert ctypes.sizeof(_Mmsghdr) == 64, "an ABI with another struct mmsghdr layout"
 
     def receive(self, sock) -> int:
         """Take the datagrams waiting on sock: how many (0 if none). OSError on an error."""
         u32 = self._u32
         for i in range(self._used):
-            u32[i * 16 + 2] = _NAME
+            u32[i * _HDR + _NAMELEN] = _NAME
         n = _LIBC.recvmmsg(sock.fileno(), self._hdrs, self.slots, socket.MSG_DONTWAIT, None)
         if n < 0:
             self._used = 0
@@ -133,16 +138,17 @@ class Batch:
     def sources(self, n: int) -> list:
         """The senders of the first n datagrams, by name."""
         view, u32 = self._name_view, self._u32
-        return [view[i * _NAME:i * _NAME + u32[i * 16 + 2]].tobytes() for i in range(n)]
+        return [view[i * _NAME:i * _NAME + u32[i * _HDR + _NAMELEN]].tobytes()
+                for i in range(n)]
 
     def size_of(self, slots: list) -> int:
         """The bytes in these slots."""
         u32 = self._u32
-        return sum([u32[i * 16 + 14] for i in slots])
+        return sum([u32[i * _HDR + _LEN] for i in slots])
 
     def copy(self, i: int) -> bytes:
         start = i * self.size
-        return self._view[start:start + self._u32[i * 16 + 14]].tobytes()
+        return self._view[start:start + self._u32[i * _HDR + _LEN]].tobytes()
 
     def send(self, sock, slots: list, start: int, peer: bytes) -> int:
         """Send datagrams slots[start:] to peer (a name) from sock: how many left (>= 1)
@@ -153,9 +159,9 @@ class Batch:
                                          self._base, self._u32)
         for k in range(count):
             i = slots[start + k]
-            u32[k * 16 + 2] = len(peer)
+            u32[k * _HDR + _NAMELEN] = len(peer)
             u64[k * 2] = base + i * size
-            u64[k * 2 + 1] = lengths[i * 16 + 14]
+            u64[k * 2 + 1] = lengths[i * _HDR + _LEN]
         n = _LIBC.sendmmsg(sock.fileno(), self._out_hdrs, count, socket.MSG_DONTWAIT)
         if n < 0:
             code = ctypes.get_errno()
