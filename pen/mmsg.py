@@ -153,13 +153,13 @@ class Batch:
     def send(self, sock, slots: list, start: int, peer: bytes) -> int:
         """Send datagrams slots[start:] to peer (a name) from sock: how many left (>= 1)
         before the first that could not. OSError if that was the first."""
-        count = len(slots) - start
-        ctypes.memmove(self._out_name, peer, len(peer))
+        count, namelen = len(slots) - start, len(peer)
+        ctypes.memmove(self._out_name, peer, namelen)
         u32, u64, size, base, lengths = (self._out_u32, self._out_u64, self.size,
                                          self._base, self._u32)
         for k in range(count):
             i = slots[start + k]
-            u32[k * _HDR + _NAMELEN] = len(peer)
+            u32[k * _HDR + _NAMELEN] = namelen
             u64[k * 2] = base + i * size
             u64[k * 2 + 1] = lengths[i * _HDR + _LEN]
         n = _LIBC.sendmmsg(sock.fileno(), self._out_hdrs, count, socket.MSG_DONTWAIT)

@@ -357,14 +357,13 @@ class UdpBalancer:
                 gevent.get_hub().loop.timer(0.01).start(self.resume, self.reader)
                 return
             # Each client's datagrams, in order, go out together: one send per session.
-            batches: dict = {}
+            shares: dict = {}                  # client name -> (session, its slots)
             for i, key in enumerate(batch.sources(n)):
-                slots = batches.get(key)
-                if slots is None:
-                    session = table.get(key) or self.open_session(key)
-                    slots = batches[key] = [session]
-                slots.append(i)
-            for session, *slots in batches.values():
+                share = shares.get(key)
+                if share is None:
+                    share = shares[key] = (table.get(key) or self.open_session(key), [])
+                share[1].append(i)
+            for session, slots in shares.values():
                 if session is not None and not session.closed:
                     session.forward(slots)
             if n < batch.slots:
