@@ -27,24 +27,27 @@ def _ephemeral_low() -> int:
         return 32768                              # Linux's default
 
 
+_EPHEMERAL_LOW = _ephemeral_low()
 _PORTS = random.Random()                          # unaffected by tests that seed random
 
 
 def free_port(host: str = "127.0.0.1", kind: int = socket.SOCK_STREAM) -> int:
     """A port nothing is bound to, below the kernel's ephemeral range: between this probe
     and the test's own bind, no automatic bind (a connect, pen's UDP session sockets, a TFTP
-    server's transfer port) can take it, as one once did to a port the kernel had handed out."""
+    server's transfer port) can take it, as one once did to a port the kernel had handed out.
+    (Where the range starts too low to leave room, the kernel picks, as before.)"""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    low = min(_ephemeral_low(), 32768)
-    for _ in range(200):
-        port = _PORTS.randrange(10000, low)
-        with socket.socket(family, kind) as s:
+    with socket.socket(family, kind) as s:
+        for _ in range(200 if _EPHEMERAL_LOW > 11000 else 0):
+            port = _PORTS.randrange(10000, _EPHEMERAL_LOW)
             try:
                 s.bind((host, port))
             except OSError:
                 continue
             return port
-    raise RuntimeError(f"no free port below {low} on {host}")
+    with socket.socket(family, kind) as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
 
 
 def wait_for(condition, timeout: float = 10.0, interval: float = 0.02, what: str = "condition"):
