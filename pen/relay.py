@@ -181,7 +181,8 @@ class _Direction:
         self.finish()
 
     def finish(self) -> None:
-        if self.fastclose or not end_writes(self.dst):
+        # The last direction to end needs no half-close: closing the sockets sends the FIN.
+        if self.fastclose or self.relay.open == 1 or not end_writes(self.dst):
             return self.relay.close()
         self.relay.ended(self)
 
