@@ -123,11 +123,11 @@ def _children_map():
     return children
 
 
-def cpu_seconds(pid):
-    """utime+stime (stat fields 14, 15) of pid, all its threads and live descendants,
-    plus cutime+cstime (16, 17) of waited-for children, in seconds."""
+def cpu_times(pid):
+    """(user, system) seconds of pid, all its threads and live descendants (stat fields
+    14 utime, 15 stime), plus those of its waited-for children (16 cutime, 17 cstime)."""
     children = _children_map()
-    todo, ticks = [pid], 0
+    todo, user, system = [pid], 0, 0
     while todo:
         current = todo.pop()
         try:
@@ -135,11 +135,13 @@ def cpu_seconds(pid):
         except OSError:
             continue
         # fields[0] is stat field 3 (state): field N is fields[N - 3]
-        ticks += int(fields[11]) + int(fields[12])
+        user += int(fields[11])
+        system += int(fields[12])
         if current == pid:
-            ticks += int(fields[13]) + int(fields[14])
+            user += int(fields[13])
+            system += int(fields[14])
         todo += children.get(current, [])
-    return ticks / CLOCK_TICKS
+    return user / CLOCK_TICKS, system / CLOCK_TICKS
 
 
 def run_tool(argv, timeout):

@@ -142,12 +142,14 @@ class Bench:
                     self.record(key, balancer, {"failed": reason})
                 return
             for key, *_ in tests:
-                before = procs.cpu_seconds(proc.pid)
+                user0, system0 = procs.cpu_times(proc.pid)
                 outcome = self.load(key, port)
-                cpu = procs.cpu_seconds(proc.pid) - before
+                user1, system1 = procs.cpu_times(proc.pid)
                 if proc.poll() is not None:
                     outcome = {"failed": "balancer died: " + procs.last_words(proc)}
-                outcome["cpu_seconds"] = round(cpu, 3)
+                outcome["user_seconds"] = round(user1 - user0, 3)
+                outcome["system_seconds"] = round(system1 - system0, 3)
+                outcome["cpu_seconds"] = round(user1 - user0 + system1 - system0, 3)
                 self.record(key, balancer, outcome)
                 if "failed" in outcome and proc.poll() is not None:
                     break
@@ -211,6 +213,11 @@ class Bench:
                     cell["rate"] = statistics.median(r["rate"] for r in good)
                     effs = [r["efficiency"] for r in good if r["efficiency"] is not None]
                     cell["efficiency"] = statistics.median(effs) if effs else None
+                    if effs:   # the CPU a unit costs, split: the process's own code, the kernel
+                        for part in ("user", "system"):
+                            cell[part + "_us"] = statistics.median(
+                                r[part + "_seconds"] * 1e6 / r["count"] for r in good
+                                if r["efficiency"] is not None)
                     cell["errors"] = sum(r["errors"] for r in good)
                 out[key][b.key] = cell
         return out
@@ -247,7 +254,9 @@ def describe(outcome):
     if "failed" in outcome:
         return "n/a (%s)" % outcome["failed"]
     eff = outcome["efficiency"]
-    text = "%s/s, %s per CPU-s (cpu %.2fs)" % (fmt(outcome["rate"]), fmt(eff), outcome["cpu_seconds"])
+    text = "%s/s, %s per CPU-s (cpu %.2fs: user %.2f, system %.2f)" % (
+        fmt(outcome["rate"]), fmt(eff), outcome["cpu_seconds"], outcome["user_seconds"],
+        outcome["system_seconds"])
     return text + ("  [%s]" % outcome["note"] if outcome.get("note") else "")
 
 
@@ -264,6 +273,22 @@ def ratio(summary, key, metric, other):
     if ours is None or not theirs:
         return None
     return ours / theirs
+
+
+def split(cell):
+    """'user+system' microseconds per unit, for the table."""
+    if "user_us" not in cell:
+        return "n/a"
+    return "%s+%s" % (fmt(cell["user_us"]), fmt(cell["system_us"]))
+
+
+def ceiling(summary, key):
+    """The efficiency ratio ours would reach against the C pen if its own code cost
+    nothing: the C pen's whole CPU per unit over ours' kernel CPU per unit."""
+    ours, cpen = summary[key]["ours"], summary[key]["cpen"]
+    if "system_us" not in ours or "system_us" not in cpen or not ours["system_us"]:
+        return None
+    return (cpen["user_us"] + cpen["system_us"]) / ours["system_us"]
 
 
 def goal_cell(value, goal):
@@ -300,6 +325,11 @@ def print_table(bench, summary):
             marker = "*" if metric == "efficiency" else " "
             print("%s %-24s %-9s %14s %14s %14s  %-17s %-17s" % (
                 marker, "", name, *cells, *ratios))
+        cells = [split(summary[key][b.key]) for b in bench.balancers]
+        top = ceiling(summary, key)
+        print("+ %-24s %-9s %14s %14s %14s  %-17s" % (
+            "", "us/" + unit.split("/")[0], *cells,
+            "n/a" if top is None else "ceiling %.2f" % top))
         for b in bench.balancers:
             cell = summary[key][b.key]
             if "na" in cell:
@@ -315,6 +345,8 @@ def print_table(bench, summary):
                     "ok" if lost == 0 else "MISS", lost))
     print()
     print("* efficiency = units per CPU-second of the balancer process (utime+stime): read it first.")
+    print("+ CPU microseconds per unit, user+system. The ceiling is the efficiency ratio ours would")
+    print("  reach if its own (Python) code cost nothing: C pen's user+system over ours' system.")
     print("  Rates swing up to 2x between runs on a shared 2-core machine; efficiency is steadier,")
     print("  but an A/A run (C pen in both slots) on a busy machine still spread 0.83-1.12: treat")
     print("  ratios within ~15%% as ties. Load average at start %.1f, now %.1f." % (
