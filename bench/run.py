@@ -405,6 +405,7 @@ def write_json(args, bench, summary, elapsed):
         for other in ("cpen", "haproxy"):
             for metric in ("rate", "efficiency"):
                 entry["ratios"]["%s_vs_%s" % (metric, other)] = ratio(summary, key, metric, other)
+        entry["ratios"]["efficiency_ceiling_vs_cpen"] = ceiling(summary, key)
         for other, goal in RATE_GOALS[key].items():
             value = entry["ratios"]["rate_vs_%s" % other]
             entry["goals"]["rate_vs_%s" % other] = {"min": goal, "met": value is not None and value >= goal}
