@@ -58,6 +58,11 @@ def parse_listen(text: str, proto: str = "tcp") -> Endpoint:
     """pen's listen address: port, host:port, :::port, [v6]:port or a socket path."""
     if "/" in text:
         return Endpoint(path=text, family=socket.AF_UNIX, sockaddr=text)
+    if text.startswith("["):
+        host, fields = _split_host(text)
+        if len(fields) != 1 or not fields[0]:
+            raise AddressError(f"missing port after ']' in listen address {text!r}")
+        return Endpoint(host=host or None, port=parse_port(fields[0], "listen port", proto))
     host, sep, port = text.rpartition(":")
     if not sep:
         host = ""

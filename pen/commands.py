@@ -572,7 +572,7 @@ def run_file(state: State, path: str) -> str:
     if path in _including or len(_including) > 8:
         raise CommandError(f"include: {path}: included from itself or nested too deep")
     try:
-        with open(path) as f:
+        with open(path, encoding="utf-8", errors="replace") as f:   # bad bytes: a bad line
             lines = f.read().splitlines()
     except OSError as e:
         raise CommandError(f"{path}: {e.strerror}") from None

@@ -14,10 +14,18 @@ class DaemonError(RuntimeError):
     pass
 
 
-def daemonize() -> None:
-    """Detach from the terminal: fork, setsid, fork, stdio to /dev/null."""
+def daemonize():
+    """Detach from the terminal: fork, setsid, fork, stdio to /dev/null.
+
+    The process the user started waits until the daemon reports how its start-up went and
+    exits with that: a start-up error (a log file that cannot be opened, a bad pid file
+    path...) still reaches the user's terminal and exit status. Returns the daemon's
+    report(error=None), to be called once: with None when it serves, else the message."""
+    read_end, write_end = os.pipe()
     if os.fork() > 0:
-        os._exit(0)
+        os.close(write_end)
+        os._exit(_await_start(read_end))
+    os.close(read_end)
     os.setsid()
     if os.fork() > 0:
         os._exit(0)
@@ -26,6 +34,32 @@ def daemonize() -> None:
     for fd in (0, 1, 2):
         os.dup2(null, fd)
     os.close(null)
+    pending = [write_end]
+
+    def report(error: str | None = None) -> None:
+        if pending:
+            fd = pending.pop()
+            try:
+                os.write(fd, (error or STARTED).encode()[:4096])
+            except OSError:
+                pass
+            os.close(fd)
+    return report
+
+
+STARTED = "started"
+
+
+def _await_start(fd: int) -> int:
+    """In the process the user started: the daemon's report, as an exit status."""
+    chunks = []
+    while chunk := os.read(fd, 4096):
+        chunks.append(chunk)
+    message = b"".join(chunks).decode(errors="replace")
+    if message == STARTED:
+        return 0
+    print(f"pen: {message or 'the daemon exited during start-up'}", file=sys.stderr)
+    return 1
 
 
 def write_pidfile(path: str) -> None:

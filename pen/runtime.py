@@ -66,6 +66,7 @@ class Runtime:
         self.tls = None           # tls.Contexts, built by run() before daemonizing
         self.control = None       # control.ControlServer (-C)
         self.control_sock = None  # its socket, bound by run() before dropping privileges
+        self.started = None       # daemon's report to the waiting parent (run() sets it)
 
     # hooks for the command language -------------------------------------------------
 
@@ -73,7 +74,8 @@ class Runtime:
         try:
             self.conn_log.open(self.state.log)
         except (OSError, IndexError) as e:
-            raise commands.CommandError(f"log {self.state.log}: {e}") from None
+            raise commands.CommandError(
+                f"log {self.state.log}: {getattr(e, 'strerror', None) or e}") from None
 
     def relisten(self, endpoint: Endpoint) -> None:
         """`listen ADDR`: open the new listener first, then close the old one."""
@@ -138,6 +140,8 @@ class Runtime:
         # default (it was a tenth of the user time per new connection).
         gc.freeze()
         gc.set_threshold(20000, 20, 20)
+        if self.started is not None:
+            self.started()
         self.stopping.wait()
         return self.drain()
 
@@ -234,44 +238,50 @@ def bind_source(state: State):
 
 
 def run(state: State, opts: Options) -> int:
+    """Start pen; a user's mistake found on the way is a UsageError (one line, exit 1)."""
     # The listener takes connections (into its backlog) before serve() installs the signal
     # handlers: until then a HUP (logrotate) or USR1 must not kill pen by default action.
     for sig in (signal.SIGHUP, signal.SIGUSR1):
         signal.signal(sig, signal.SIG_IGN)
-    if opts.demo:
-        from .demo import prepare
-        prepare(state)
-    daemon.setup_logging(state.debug, opts.foreground)
-    user = daemon.lookup_user(opts.user) if opts.user else None
-    if state.control is not None and os.geteuid() == 0 and user is None:
-        raise UsageError(f"-C {state.control}: won't open a control port running as root; "
-                         "use -u USER to drop privileges (-u root forces it)")
-    if state.udp:
-        udp.check(state)
-    listen_sock = (dsr.open_socket(state) if state.dsr_if
-                   else bind(state.listen, socktype(state), backlog=opts.backlog))
-    check_transparent(state)                  # before daemonizing, while stderr is the user's
-    contexts = tls_contexts(state)
-    control_sock = control.open_socket(state.control) if state.control is not None else None
-    if control_sock is not None:
-        control.warn_if_exposed(state, state.control)
-    if not opts.foreground:
-        daemon.daemonize()
-        gevent.reinit()
+    report = None                 # after daemonizing: tells the waiting parent how it went
     try:
-        if opts.pidfile:
-            daemon.write_pidfile(opts.pidfile)
-        if opts.chroot:
-            daemon.enter_chroot(opts.chroot)
-        if user is not None:
-            gevent.get_hub()      # its lazy imports must happen while Python is readable
-            daemon.drop_privileges(user)
-        runtime = Runtime(state, opts)
-        state.runtime = runtime
-        runtime.tls = contexts
-        runtime.control_sock = control_sock
-        return runtime.serve(listen_sock)
-    except daemon.DaemonError as e:
+        if opts.demo:
+            from .demo import prepare
+            prepare(state)
+        daemon.setup_logging(state.debug, opts.foreground)
+        user = daemon.lookup_user(opts.user) if opts.user else None
+        if state.control is not None and os.geteuid() == 0 and user is None:
+            raise UsageError(f"-C {state.control}: won't open a control port running as root; "
+                             "use -u USER to drop privileges (-u root forces it)")
+        if state.udp:
+            udp.check(state)
+        listen_sock = (dsr.open_socket(state) if state.dsr_if
+                       else bind(state.listen, socktype(state), backlog=opts.backlog))
+        check_transparent(state)              # before daemonizing, while stderr is the user's
+        contexts = tls_contexts(state)
+        control_sock = control.open_socket(state.control) if state.control is not None else None
+        if control_sock is not None:
+            control.warn_if_exposed(state, state.control)
+        if not opts.foreground:
+            report = daemon.daemonize()
+            gevent.reinit()
+        try:
+            if opts.pidfile:
+                daemon.write_pidfile(opts.pidfile)
+            if opts.chroot:
+                daemon.enter_chroot(opts.chroot)
+            if user is not None:
+                gevent.get_hub()      # its lazy imports must happen while Python is readable
+                daemon.drop_privileges(user)
+            runtime = Runtime(state, opts)
+            state.runtime = runtime
+            runtime.tls = contexts
+            runtime.control_sock = control_sock
+            runtime.started = report
+            return runtime.serve(listen_sock)
+        finally:
+            daemon.remove_file(opts.pidfile)
+    except (UsageError, AddressError, commands.CommandError, daemon.DaemonError) as e:
+        if report is not None:
+            report(str(e))
         raise UsageError(str(e)) from None
-    finally:
-        daemon.remove_file(opts.pidfile)

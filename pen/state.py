@@ -70,8 +70,8 @@ class Client:
     server: int = -1
     last: float = 0.0
     connects: int = 0
-    sx: int = 0
-    rx: int = 0
+    sx: int = 0                   # bytes sent to the client (as the C pen counts them)
+    rx: int = 0                   # bytes received from the client
 
 
 class ClientTable:
@@ -130,8 +130,8 @@ class Connection:
     client: Any                   # (ip, port) or UNIX peer name
     server: Server | None = None
     started: float = field(default_factory=time.time)
-    sx: int = 0
-    rx: int = 0
+    sx: int = 0                   # bytes sent to the server
+    rx: int = 0                   # bytes received from the server
     close: Callable[[], None] | None = None
 
 

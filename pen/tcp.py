@@ -238,18 +238,19 @@ class TcpBalancer:
 
         def to_server(n):
             server.sx += n
-            entry.sx += n
+            entry.rx += n
             conn.sx += n
 
         def to_client(n):
             server.rx += n
-            entry.rx += n
+            entry.sx += n
             conn.rx += n
 
         transform = ForwardedFor(str(ip), self.proto) if state.http and ip is not None else None
         if state.log is not None:
+            address = server.endpoint.path or server.endpoint.sockaddr[0]   # no port, as pen
             transform = _FirstLine(transform, lambda line: self.log_line(
-                f"{ip} {int(time.time())} {server.endpoint} {line}"))
+                f"{ip} {int(time.time())} {address} {line}"))
         relay.Relay(client, upstream, state.idle_timeout, to_server, to_client, transform,
                     state.tcp_fastclose).run()
 

@@ -189,7 +189,7 @@ class Session:
         self.server.sx += nbytes
         self.server.dgrams_sx += datagrams
         self.conn.sx += nbytes
-        self.entry.sx += nbytes
+        self.entry.rx += nbytes
 
     def resend(self) -> None:
         """Send the pending datagram again (to the server a failover chose)."""
@@ -249,7 +249,7 @@ class Session:
         server.rx += nbytes
         server.dgrams_rx += len(slots)
         self.conn.rx += nbytes
-        self.entry.rx += nbytes
+        self.entry.sx += nbytes
         sent = 0
         while sent < len(slots):
             try:
@@ -341,7 +341,8 @@ class UdpBalancer:
             self.count("udp_evicted")
             old.close()
         if state.log is not None:
-            self.log_line(f"{ip} {int(time.time())} {session.server.endpoint} UDP")
+            endpoint = session.server.endpoint
+            self.log_line(f"{ip} {int(time.time())} {endpoint.path or endpoint.sockaddr[0]} UDP")
         return session
 
     def receive(self) -> None:

@@ -98,11 +98,15 @@ def test_real_penctl_reads_pens_formats(backends, start_pen):
     assert penctl(ctl, "bogus") == "do_cmd: ignoring command starting with 'bogus'\n"
     curl_json(f"http://127.0.0.1:{port}/")
     # (the fixture's readiness probe connected once too)
-    assert re.fullmatch(r"127\.0\.0\.1 connects [12] sx [1-9]\d* rx [1-9]\d*\n",
-                        penctl(ctl, "recent"))
+    recent = re.fullmatch(r"127\.0\.0\.1 connects [12] sx ([1-9]\d*) rx ([1-9]\d*)\n",
+                          penctl(ctl, "recent"))
+    assert recent
     assert penctl(ctl, "recent", "0") == ""
-    lines = penctl(ctl, "servers").splitlines()
-    assert sum(int(line.split()[-1]) for line in lines) > 0          # rx counted
+    lines = [line.split() for line in penctl(ctl, "servers").splitlines()]
+    # As in the C pen: a server's sx is what it was sent, a client's sx what it was sent
+    # (the reply), so all the servers' rx is the client's sx and the other way round.
+    assert int(recent[1]) == sum(int(words[-1]) for words in lines) > 0
+    assert int(recent[2]) == sum(int(words[-3]) for words in lines) > 0
 
 
 @needs_penctl
