@@ -41,10 +41,11 @@ class Relay:
     run() returns when both directions have ended (EOF each way, passed on as a
     half-close), when one ends with `fastclose` set for it, on an error, or after idle
     seconds without a byte; an exception thrown into its greenlet ends it too. The
-    caller closes the sockets."""
+    caller closes the sockets. A transform (feed(bytes) -> bytes, flush() -> bytes) may
+    rewrite what goes to the server (`transform`) or to the client (`reply_transform`)."""
 
     def __init__(self, client, upstream, idle: float, to_server, to_client,
-                 transform=None, fastclose: str = "off") -> None:
+                 transform=None, fastclose: str = "off", reply_transform=None) -> None:
         self.last = time.monotonic()       # when bytes last moved, either way
         self.idle = idle or None
         self.hub = gevent.get_hub()
@@ -55,7 +56,7 @@ class Relay:
         self.directions = (
             _Direction(self, loop, client, upstream, to_server, transform,
                        fastclose in ("down", "both")),
-            _Direction(self, loop, upstream, client, to_client, None,
+            _Direction(self, loop, upstream, client, to_client, reply_transform,
                        fastclose in ("up", "both")))
 
     def run(self) -> None:

@@ -213,6 +213,8 @@ class TcpBalancer:
                 log.info("no server for %s", address)
                 return
             upstream, server = found
+            log.debug("connection %d: %s to server %d (%s)", conn.id, ip, server.index,
+                      server.endpoint)
             set_options(client, state)
             conn.server = server
             server.conn += 1
@@ -228,6 +230,8 @@ class TcpBalancer:
         except Closed:
             log.debug("connection %s closed", conn.id)
         finally:
+            log.debug("connection %d closed: %d bytes to the server, %d to the client",
+                      conn.id, conn.sx, conn.rx)
             state.close_connection(conn)
             conn.close = None                   # (a cycle through the closure otherwise)
             _close(client or accepted, upstream)
@@ -247,12 +251,16 @@ class TcpBalancer:
             conn.rx += n
 
         transform = ForwardedFor(str(ip), self.proto) if state.http and ip is not None else None
+        reply = None
+        if state.debug >= DUMP_LEVEL:           # pen -d -d -d: every chunk, hex or (-a) text
+            transform = _Dump(transform, f"connection {conn.id} to server", state.ascii)
+            reply = _Dump(None, f"connection {conn.id} to client", state.ascii)
         if state.log is not None:
             address = server.endpoint.path or server.endpoint.sockaddr[0]   # no port, as pen
             transform = _FirstLine(transform, lambda line: self.log_line(
                 f"{ip} {int(time.time())} {address} {line}"))
         relay.Relay(client, upstream, state.idle_timeout, to_server, to_client, transform,
-                    state.tcp_fastclose).run()
+                    state.tcp_fastclose, reply).run()
 
 
 class _FirstLine:
@@ -270,6 +278,29 @@ class _FirstLine:
 
     def flush(self) -> bytes:
         return self.inner.flush() if self.inner else b""
+
+
+DUMP_LEVEL = 3
+
+
+class _Dump:
+    """Wraps a transform to log every chunk it is fed, as pen's -d -d -d (text with -a)."""
+
+    def __init__(self, inner, label: str, text: bool) -> None:
+        self.inner, self.label, self.text = inner, label, text
+
+    def feed(self, data: bytes) -> bytes:
+        log.debug("%s: %d bytes:\n%s", self.label, len(data), _dumped(data, self.text))
+        return self.inner.feed(data) if self.inner else data
+
+    def flush(self) -> bytes:
+        return self.inner.flush() if self.inner else b""
+
+
+def _dumped(data: bytes, text: bool) -> str:
+    if text:        # printable ASCII and line breaks as they are, any other byte as '.'
+        return "".join(chr(b) if 32 <= b < 127 or b in (9, 10, 13) else "." for b in data)
+    return "\n".join(data[i:i + 16].hex(" ") for i in range(0, len(data), 16))
 
 
 def _closer(state: State, conn: Connection, greenlet):

@@ -7,6 +7,7 @@ import hashlib
 import http.client
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -393,6 +394,21 @@ def test_connection_log_names_client_server_and_request(backends, start_pen, tmp
     assert abs(int(epoch) - time.time()) < 60
     # the server's address without its port, as the C pen writes it
     assert server == "127.0.0.1" and request == "GET /logged HTTP/1.1"
+
+
+@pytest.mark.parametrize("text", [True, False], ids=["-a text", "hex"])
+def test_debug_level_3_dumps_each_chunk_both_ways(backends, start_pen, text):
+    pen, port = start_pen("-d", "-d", "-d", *(["-a"] if text else []),
+                          servers=[backends[0].spec])
+    curl_json(url(port, "/dumped"))
+    closed = re.compile(r"connection (\d+) closed: (\d+) bytes to the server, (\d+) to")
+    done = wait_for(lambda: [m for m in closed.finditer(pen.output()) if int(m[2])],
+                    what="the connection's closing line")
+    out = pen.output()
+    request = b"GET /dumped HTTP/1.1"
+    assert (request.decode() if text else request[:16].hex(" ")) in out   # a line: 16 bytes
+    assert f"connection {done[0][1]} to client: " in out
+    assert ("HTTP/1.1 200 OK" if text else b"HTTP/1.1 200 OK".hex(" ")) in out
 
 
 def test_a_slow_reader_gets_every_byte(backends, start_pen):
