@@ -145,7 +145,7 @@ for _name in ("poll", "epoll", "select", "kqueue"):
 setting("blacklist", "blacklist_time", integer=False)
 setting("timeout", "timeout", integer=False, minimum=0.001)
 setting("tracking", "tracking", integer=False)
-setting("debug", "debug")
+setting("debug", "debug", after=lambda state: state.runtime and state.runtime.set_debug())
 setting("conn_max", "conn_max", minimum=1)
 setting("pending_max", "pending_max", minimum=1, echo=False)
 setting("client_acl", "client_acl", minimum=-1)

@@ -105,12 +105,17 @@ def drop_privileges(user) -> None:
     os.setuid(user.pw_uid)
 
 
+def set_debug(debug: int) -> None:
+    """pen's debug level as a logging level: 0 warnings, 1 info, 2 and more everything."""
+    level = logging.WARNING if debug <= 0 else logging.INFO if debug == 1 else logging.DEBUG
+    logging.getLogger("pen").setLevel(level)
+
+
 def setup_logging(debug: int, foreground: bool) -> None:
     """Diagnostics go to stderr in the foreground, to syslog in the background (as pen)."""
-    level = logging.WARNING if debug == 0 else logging.INFO if debug == 1 else logging.DEBUG
     root = logging.getLogger("pen")
     root.handlers.clear()
-    root.setLevel(level)
+    set_debug(debug)
     if foreground:
         handler: logging.Handler = logging.StreamHandler(sys.stderr)
         handler.setFormatter(logging.Formatter("%(asctime)s: %(message)s", "%Y-%m-%d %H:%M:%S"))

@@ -94,6 +94,9 @@ class Runtime:
         self.balancer.listener.start()
         old.close()
 
+    def set_debug(self) -> None:
+        daemon.set_debug(self.state.debug)
+
     def shutdown(self) -> None:
         self.stopping.set()
 

@@ -436,3 +436,13 @@ def test_control_port_as_nobody(backends, start_pen):
         assert "Traceback" not in pen.output()
     finally:
         shutil.rmtree(shared, ignore_errors=True)
+
+
+def test_debug_and_ascii_set_at_run_time_turn_dumps_on(backends, start_pen):
+    pen, port, ctl = start_with_control(start_pen, servers=[backends[0].spec])
+    curl_json(f"http://127.0.0.1:{port}/quiet")
+    assert penctl(ctl, "debug", "3") == "3\n"
+    penctl(ctl, "ascii")
+    curl_json(f"http://127.0.0.1:{port}/loud")
+    wait_for(lambda: "GET /loud HTTP/1.1" in pen.output(), what="the dump of the request")
+    assert "/quiet" not in pen.output()
