@@ -72,12 +72,10 @@ def parse(argv: list[str]) -> tuple[State, Options]:
     if argv[:1] == ["--demo"]:
         opts.demo = opts.foreground = True
         return state, opts
-    if argv[:1] in (["--version"], ["-V"]):
-        raise UsageError(f"pen-lb {__version__}")
     try:
         pairs, rest = getopt.gnu_getopt(argv, OPTSTRING)
-    except getopt.GetoptError as e:
-        raise UsageError(f"-{e.opt}: {e.msg}") from None
+    except getopt.GetoptError as e:       # e.opt: "x" for -x, "foo" for --foo
+        raise UsageError(f"{'--' if len(e.opt) > 1 else '-'}{e.opt}: {e.msg}") from None
     settings: list[tuple[str, str]] = []     # (origin, command), applied in argv order
     later: list[tuple[str, str]] = []        # -O/-o: after the servers exist
     control = None                           # -C: the control listener
@@ -179,6 +177,9 @@ def main(argv: list[str] | None = None) -> int:
     if not argv or argv[0] in ("--help", "-?"):
         print(USAGE, file=sys.stdout if argv else sys.stderr)
         return 0 if argv else 1
+    if argv[0] in ("--version", "-V"):
+        print(f"pen-lb {__version__}")
+        return 0
     try:
         state, opts = parse(argv)
         from .runtime import run

@@ -75,14 +75,18 @@ def warn_if_exposed(state: State, endpoint: Endpoint) -> None:
 
 def open_socket(endpoint: Endpoint):
     """Bind the control listener; a UNIX socket is created owner-only (0600)."""
+    from .cli import UsageError
     from .runtime import bind
-    if not endpoint.is_unix:
-        return bind(endpoint)
-    old = os.umask(0o177)
+    old = os.umask(0o177) if endpoint.is_unix else None
     try:
         sock = bind(endpoint)
+    except UsageError as e:
+        raise UsageError(f"-C {e}") from None
     finally:
-        os.umask(old)
+        if old is not None:
+            os.umask(old)
+    if not endpoint.is_unix:
+        return sock
     os.chmod(endpoint.path, 0o600)
     return sock
 

@@ -512,3 +512,12 @@ def test_a_connection_leaves_no_garbage_cycles():
         server.join(5)
         balancer.listener.close()
         echo.close()
+
+
+def test_version_and_long_option_errors():
+    version = subprocess.run([sys.executable, "-m", "pen", "--version"], capture_output=True,
+                             text=True, timeout=10, env=dict(os.environ, PYTHONPATH=str(ROOT)))
+    assert version.returncode == 0 and version.stdout.startswith("pen-lb ")
+    result = run_pen("--no-such-option", "80", "127.0.0.1")
+    assert result.returncode == 1 and result.stderr == (
+        "pen: --no-such-option: option --no-such-option not recognized\n")
