@@ -108,7 +108,8 @@ def parse_server(text: str, default_port: int, proto: str = "tcp") -> ServerSpec
         return ServerSpec(Endpoint(path=text, family=socket.AF_UNIX, sockaddr=text))
     host, fields = _split_host(text)
     if not host:
-        raise AddressError(f"missing host in server {text!r}")
+        hint = " (IPv6 needs [brackets])" if text.count(":") >= 2 else ""
+        raise AddressError(f"missing host in server {text!r}{hint}")
     if len(fields) > 5:
         raise AddressError(f"too many fields in server {text!r} (IPv6 needs [brackets])")
     fields += [""] * (5 - len(fields))
