@@ -35,10 +35,12 @@ USAGE = """usage: pen [options] [host:]port|/path/to/socket server [server ...]
 options: -b sec blacklist [30]  -c N clients [2048]  -e host:port emergency
   -B host:port abuse  -C [addr:]port|/path control  -F file config  -H X-Forwarded-For
   -O/-o cmd penctl command  -T sec tracking [0]  -U udp  -W weight  -X allow exit
-  -a ascii dumps  -d debug  -f foreground  -h hash  -j dir chroot  -l file log
+  -a ascii dumps  -d debug  -f foreground  -h hash  -j dir chroot  -l file|host:port log
   -m N accepts per wake-up  -p file pid  -q N backlog  -r roundrobin  -s stubborn
   -t sec connect timeout [3]  -u user  -w file status page  -x N max connections [500]
+  -N hash without tracking (-h -r)  -D -P -Q -n -S N: accepted and ignored, as in pen 0.34
   TLS: -E cert -K key -G cafile -A cadir -R -L ssl23|tls1|tls1.1|tls1.2|tls1.3 -Z
+  pen --version   pen --help
 See `man pen` for details; pen-lb follows it."""
 
 

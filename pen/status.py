@@ -51,6 +51,7 @@ def snapshot(state: State, now: float | None = None) -> dict:
         "connections": s.conn, "max": s.max, "hard": s.hard,
         "sent": s.sx, "received": s.rx, "weight": s.weight, "prio": s.prio, "acl": s.acl,
         "connects": s.total, "failures": s.failures,
+        "datagrams_sent": s.dgrams_sx, "datagrams_received": s.dgrams_rx,
     } for s in state.servers]
     clients = [{
         "address": str(c.ip), "age": round(max(now - c.last, 0), 1), "last_server": c.server,
@@ -66,6 +67,7 @@ def snapshot(state: State, now: float | None = None) -> dict:
         "servers": servers,
         "clients_max": state.clients.slots, "clients": clients,
         "conn_max": state.conn_max, "connections": connections,
+        "events": dict(sorted(state.counters.items())),   # udp_refused, tls_failures...
     }
 
 
@@ -113,6 +115,10 @@ def html(snap: dict) -> str:
     out.append(f"<h2>Active connections</h2>Number of connections: {snap['conn_max']} max, "
                f"{len(snap['connections'])} used<p>")
     out += _table(CONNECTION_COLUMNS, snap["connections"])
+    if snap["events"]:
+        out.append("<h2>Events</h2>")
+        out += _table((("event", "event"), ("count", "count")),
+                      [{"event": k, "count": v} for k, v in snap["events"].items()])
     out += ["</body>", "</html>"]
     return "\n".join(out) + "\n"
 
@@ -134,6 +140,10 @@ SERVER_METRICS = (
     ("pen_server_failures_total", "counter", "failures", "Connects to the server that failed."),
     ("pen_server_sent_bytes_total", "counter", "sent", "Bytes sent to the server."),
     ("pen_server_received_bytes_total", "counter", "received", "Bytes received from the server."),
+    ("pen_server_sent_datagrams_total", "counter", "datagrams_sent",
+     "UDP datagrams sent to the server."),
+    ("pen_server_received_datagrams_total", "counter", "datagrams_received",
+     "UDP datagrams received from the server."),
     ("pen_server_weight", "gauge", "weight", "Server weight."),
     ("pen_server_prio", "gauge", "prio", "Server priority."),
 )
@@ -165,6 +175,8 @@ def prometheus(snap: dict) -> str:
            [(who(s), s["blacklisted_for"]) for s in snap["servers"]])
     for name, kind, key, text in SERVER_METRICS:
         metric(name, kind, text, [(who(s), s[key]) for s in snap["servers"]])
+    metric("pen_events_total", "counter", "Events counted (udp_refused, tls_failures...).",
+           [({"event": k}, v) for k, v in snap["events"].items()])
     return "\n".join(out) + "\n"
 
 

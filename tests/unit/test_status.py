@@ -51,6 +51,25 @@ def test_html_page_has_three_tables_with_the_data():
     assert ["0", "10.0.0.5:40000", "0", "127.0.0.1:81", "2", "10", "20"] in cells
 
 
+def test_event_counters_and_datagrams_in_every_form():
+    state = busy_state()
+    state.servers[0].dgrams_sx, state.servers[0].dgrams_rx = 12, 11
+    state.counters["udp_refused"] += 2
+    state.counters["tls_failures"] += 1
+    snap = status.snapshot(state, NOW)
+    assert snap["events"] == {"tls_failures": 1, "udp_refused": 2}
+    assert (snap["servers"][0]["datagrams_sent"], snap["servers"][0]["datagrams_received"]) == (
+        12, 11)
+    page = status.html(snap)
+    assert page.count("<table") == 4
+    assert "<td>udp_refused</td>\n<td>2</td>" in page
+    lines = status.prometheus(snap).splitlines()
+    assert 'pen_events_total{event="udp_refused"} 2' in lines
+    assert ('pen_server_sent_datagrams_total{server="0",address="127.0.0.1",port="81"} 12'
+            in lines)
+    assert status.html(status.snapshot(busy_state(), NOW)).count("<table") == 3   # no events
+
+
 def test_html_escapes_what_it_shows():
     state = busy_state()
     state.servers.append(Server(2, Endpoint(path="/run/<script>&\"x'.sock")))
