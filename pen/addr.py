@@ -30,6 +30,11 @@ class Endpoint:
     def is_unix(self) -> bool:
         return self.path is not None
 
+    @property
+    def address(self) -> str:
+        """The resolved address without its port (a UNIX socket's path), as pen logs it."""
+        return self.path or self.sockaddr[0]
+
     def __str__(self) -> str:
         if self.path:
             return self.path

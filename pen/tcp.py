@@ -228,7 +228,7 @@ class TcpBalancer:
             finally:
                 server.conn -= 1
         except Closed:
-            log.debug("connection %s closed", conn.id)
+            log.debug("connection %s: closed by close N or shutdown", conn.id)
         finally:
             log.debug("connection %d closed: %d bytes to the server, %d to the client",
                       conn.id, conn.sx, conn.rx)
@@ -253,48 +253,50 @@ class TcpBalancer:
         transform = ForwardedFor(str(ip), self.proto) if state.http and ip is not None else None
         reply = None
         if state.debug >= DUMP_LEVEL:           # pen -d -d -d: every chunk, hex or (-a) text
-            transform = _Dump(transform, f"connection {conn.id} to server", state.ascii)
-            reply = _Dump(None, f"connection {conn.id} to client", state.ascii)
+            transform = _Tap(transform, _dump(f"connection {conn.id} to server", state.ascii))
+            reply = _Tap(None, _dump(f"connection {conn.id} to client", state.ascii))
         if state.log is not None:
-            address = server.endpoint.path or server.endpoint.sockaddr[0]   # no port, as pen
-            transform = _FirstLine(transform, lambda line: self.log_line(
-                f"{ip} {int(time.time())} {address} {line}"))
+            transform = _Tap(transform, _first_line(lambda line: self.log_line(
+                f"{ip} {int(time.time())} {server.endpoint.address} {line}")))
         relay.Relay(client, upstream, state.idle_timeout, to_server, to_client, transform,
                     state.tcp_fastclose, reply).run()
 
 
-class _FirstLine:
-    """Wraps a transform to report the first line a client sends (for pen's -l log)."""
+class _Tap:
+    """Wraps a transform (or none) to show each chunk to `see` before passing it on."""
 
-    def __init__(self, inner, report) -> None:
-        self.inner, self.report, self.done = inner, report, False
+    def __init__(self, inner, see) -> None:
+        self.inner, self.see = inner, see
 
     def feed(self, data: bytes) -> bytes:
-        if not self.done:
-            self.done = True
-            line = data.split(b"\n", 1)[0].rstrip(b"\r")[:200]
-            self.report(line.decode("latin-1") if line.isascii() else "-")
+        self.see(data)
         return self.inner.feed(data) if self.inner else data
 
     def flush(self) -> bytes:
         return self.inner.flush() if self.inner else b""
+
+
+def _first_line(report):
+    """A tap's `see`: report the first line a client sends (for pen's -l log), once."""
+    done = False
+
+    def see(data: bytes) -> None:
+        nonlocal done
+        if not done:
+            done = True
+            line = data.split(b"\n", 1)[0].rstrip(b"\r")[:200]
+            report(line.decode("latin-1") if line.isascii() else "-")
+    return see
 
 
 DUMP_LEVEL = 3
 
 
-class _Dump:
-    """Wraps a transform to log every chunk it is fed, as pen's -d -d -d (text with -a)."""
-
-    def __init__(self, inner, label: str, text: bool) -> None:
-        self.inner, self.label, self.text = inner, label, text
-
-    def feed(self, data: bytes) -> bytes:
-        log.debug("%s: %d bytes:\n%s", self.label, len(data), _dumped(data, self.text))
-        return self.inner.feed(data) if self.inner else data
-
-    def flush(self) -> bytes:
-        return self.inner.flush() if self.inner else b""
+def _dump(label: str, text: bool):
+    """A tap's `see`: log every chunk, as pen's -d -d -d does (as text with -a, else hex)."""
+    def see(data: bytes) -> None:
+        log.debug("%s: %d bytes:\n%s", label, len(data), _dumped(data, text))
+    return see
 
 
 def _dumped(data: bytes, text: bool) -> str:

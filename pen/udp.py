@@ -341,8 +341,7 @@ class UdpBalancer:
             self.count("udp_evicted")
             old.close()
         if state.log is not None:
-            endpoint = session.server.endpoint
-            self.log_line(f"{ip} {int(time.time())} {endpoint.path or endpoint.sockaddr[0]} UDP")
+            self.log_line(f"{ip} {int(time.time())} {session.server.endpoint.address} UDP")
         return session
 
     def receive(self) -> None:
