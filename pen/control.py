@@ -74,19 +74,23 @@ def warn_if_exposed(state: State, endpoint: Endpoint) -> None:
 
 
 def open_socket(endpoint: Endpoint):
-    """Bind the control listener; a UNIX socket is created owner-only (0600)."""
+    """Bind the control listener (-C); a UNIX socket is created owner-only (0600)."""
     from .cli import UsageError
-    from .runtime import bind
-    old = os.umask(0o177) if endpoint.is_unix else None
     try:
-        sock = bind(endpoint)
+        return _bind(endpoint)
     except UsageError as e:
         raise UsageError(f"-C {e}") from None
-    finally:
-        if old is not None:
-            os.umask(old)
+
+
+def _bind(endpoint: Endpoint):
+    from .runtime import bind
     if not endpoint.is_unix:
-        return sock
+        return bind(endpoint)
+    old = os.umask(0o177)
+    try:
+        sock = bind(endpoint)
+    finally:
+        os.umask(old)
     os.chmod(endpoint.path, 0o600)
     return sock
 
