@@ -35,14 +35,14 @@ def children_cpu():
     return usage.ru_utime + usage.ru_stime
 
 
-def one_round(balancer, tmp, http_ports, seconds):
+def one_round(balancer, tmp, http_ports, nginx_pid, seconds):
     port = procs.free_ports(1)[0]
     proc = balancer.start(tmp, "tcp", port, http_ports, None, "budget")
     try:
         reason = procs.wait_tcp(port, proc) or loads.http_probe(port)
         if reason:
             sys.exit("budget.py: %s did not serve: %s" % (balancer.label, reason))
-        nginx = sum(procs.cpu_times(NGINX.pid))
+        nginx = sum(procs.cpu_times(nginx_pid))
         own = sum(procs.cpu_times(proc.pid))
         wrk, machine = children_cpu(), machine_ticks()
         outcome = loads.wrk("http://127.0.0.1:%d/small" % port, seconds)
@@ -52,7 +52,7 @@ def one_round(balancer, tmp, http_ports, seconds):
         n = outcome["count"]
         return {"rate": n / outcome["seconds"],
                 "balancer": (sum(procs.cpu_times(proc.pid)) - own) * 1e6 / n,
-                "nginx": (sum(procs.cpu_times(NGINX.pid)) - nginx) * 1e6 / n,
+                "nginx": (sum(procs.cpu_times(nginx_pid)) - nginx) * 1e6 / n,
                 "wrk": (children_cpu() - wrk) * 1e6 / n,
                 "busy": 1 - idle / total if total else 0.0}
     finally:
@@ -64,18 +64,18 @@ def main():
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--seconds", type=int, default=3)
     args = parser.parse_args()
-    global NGINX
     cpus = os.cpu_count()
     chosen = [b for b in balancers.all_balancers() if b.key in ("cpen", "ours")]
     with tempfile.TemporaryDirectory(prefix="pen-budget-") as tmp:
         backends.make_files(tmp, 10**6)
         http_ports = procs.free_ports(2)
-        NGINX = backends.start_nginx(tmp, *http_ports)
+        nginx = backends.start_nginx(tmp, *http_ports)
         try:
             results = {b.key: [] for b in chosen}
             for _ in range(args.rounds):
                 for b in chosen:
-                    results[b.key].append(one_round(b, tmp, http_ports, args.seconds))
+                    results[b.key].append(one_round(b, tmp, http_ports, nginx.pid,
+                                                    args.seconds))
         finally:
             procs.kill_all()
     print("per keep-alive request (wrk -c50 -t2, %d s, median of %d rounds, %d CPUs):"
@@ -96,8 +96,6 @@ def main():
         print("%.1fx the C pen's rate leaves a balancer %.1f us of CPU per request"
               " (the C pen spent %.1f us)" % (goal, budget, c["balancer"]))
 
-
-NGINX = None
 
 if __name__ == "__main__":
     main()
