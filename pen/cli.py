@@ -7,12 +7,15 @@ commands.execute, so the command line, -O, -F files and the control port share o
 from __future__ import annotations
 
 import getopt
+import socket
 import sys
-from dataclasses import dataclass, field
 
 from . import __version__, commands
 from .addr import AddressError, ServerSpec, parse_listen, parse_server, resolve
+from .errors import UsageError
+from .runtime import Options, run
 from .state import State
+from .tls_contexts import TlsError, protocol_minimum
 
 # pen 0.34's getopt string (plus -N from its usage text); -D -P -Q -n -S are accepted and
 # ignored as in pen.
@@ -42,24 +45,6 @@ options: -b sec blacklist [30]  -c N clients [2048]  -e host:port emergency
   TLS: -E cert -K key -G cafile -A cadir -R -L ssl23|tls1|tls1.1|tls1.2|tls1.3 -Z
   pen --version   pen --help
 See `man pen` for details; pen-lb follows it."""
-
-
-class UsageError(ValueError):
-    """A user's mistake on the command line: one line, exit status 1."""
-
-
-@dataclass
-class Options:
-    """What only the process needs, beside the State."""
-
-    foreground: bool = False
-    pidfile: str | None = None
-    user: str | None = None
-    chroot: str | None = None
-    backlog: int = 0
-    multi_accept: int = 100
-    demo: bool = False
-    startup: list = field(default_factory=list)     # (origin, command) run before -F
 
 
 def _count(opt: str, value: str, minimum: int = 0) -> int:
@@ -96,7 +81,6 @@ def parse(argv: list[str]) -> tuple[State, Options]:
         elif opt == "-Z":
             state.ssl_compat = True
         elif opt == "-L":
-            from .tls import TlsError, protocol_minimum
             try:
                 protocol_minimum(value)
             except TlsError as e:
@@ -157,7 +141,6 @@ def parse(argv: list[str]) -> tuple[State, Options]:
 
 
 def add_server(state: State, index: int, spec: ServerSpec, proto: str = "tcp") -> None:
-    import socket
     endpoint = spec.endpoint
     if not endpoint.is_unix:
         resolve(endpoint, socket.SOCK_DGRAM if proto == "udp" else socket.SOCK_STREAM)
@@ -184,7 +167,6 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     try:
         state, opts = parse(argv)
-        from .runtime import run
         return run(state, opts)
     except UsageError as e:
         print(f"pen: {e}", file=sys.stderr)

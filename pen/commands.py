@@ -16,13 +16,10 @@ from . import __version__
 from . import status as status_report
 from .acl import AclError, parse_entry
 from .addr import AddressError, parse_listen, parse_server, resolve
+from .errors import CommandError
 from .state import State
 
 MAX_LINE = 4096
-
-
-class CommandError(ValueError):
-    pass
 
 
 Handler = Callable[[State, list], str]
@@ -116,19 +113,6 @@ def text_setting(name: str, attr: str, after: Callable[[State], None] | None = N
     return handler
 
 
-def runtime(state: State, hook: str, *args):
-    """Call the I/O layer's hook, if the balancer is running."""
-    fn = getattr(state.runtime, hook, None) if state.runtime is not None else None
-    if fn is None:
-        raise CommandError(f"{hook}: only available on a running balancer")
-    return fn(*args)
-
-
-def _reopen_log(state: State) -> None:
-    if state.runtime is not None:
-        state.runtime.open_log()
-
-
 # --- modes and settings ---------------------------------------------------------------
 
 for _name in ("hash", "roundrobin", "stubborn", "weight", "prio", "http", "tcp_nodelay",
@@ -145,7 +129,7 @@ for _name in ("poll", "epoll", "select", "kqueue"):
 setting("blacklist", "blacklist_time", integer=False)
 setting("timeout", "timeout", integer=False, minimum=0.001)
 setting("tracking", "tracking", integer=False)
-setting("debug", "debug", after=lambda state: state.runtime and state.runtime.set_debug())
+setting("debug", "debug", after=lambda state: state.process.set_debug())
 setting("conn_max", "conn_max", minimum=1)
 setting("pending_max", "pending_max", minimum=1, echo=False)
 setting("client_acl", "client_acl", minimum=-1)
@@ -154,7 +138,7 @@ setting("idle_timeout", "idle_timeout", integer=False,
         render=lambda v: f"Idle timeout: {show(v)} seconds")
 setting("tarpit_acl", "tarpit_acl", minimum=-1, render=lambda v: f"tarpit_acl = {v}")
 setting("ssl_client_renegotiation_interval", "ssl_renegotiation_interval", echo=False)
-text_setting("log", "log", after=_reopen_log, echo=True)
+text_setting("log", "log", after=lambda state: state.process.open_log(), echo=True)
 text_setting("web_stats", "web_stats", echo=True)
 
 
@@ -162,8 +146,7 @@ def _tls_changed(state: State, attr: str | None = None, old=None) -> None:
     """A TLS setting changed on a running balancer: rebuild its contexts now (the old ones
     stay, and so does the old value of attr, when the new setting cannot be used)."""
     try:
-        if state.runtime is not None and hasattr(state.runtime, "reload_tls"):
-            state.runtime.reload_tls()
+        state.process.reload_tls()
     except CommandError:
         if attr is not None:
             setattr(state, attr, old)
@@ -347,8 +330,7 @@ def listen(state: State, args: list) -> str:
         raise CommandError(f"listen: {e}") from None
     if str(endpoint) == str(state.listen):
         return ""                  # already listening there (a -F file re-read on SIGHUP)
-    if state.runtime is not None:
-        runtime(state, "relisten", endpoint)
+    state.process.relisten(endpoint)
     state.listen = endpoint
     return ""
 
@@ -406,7 +388,7 @@ def socket_(state: State, args: list) -> str:
 def exit_(state: State, args: list) -> str:
     if not state.allow_exit:
         raise CommandError("exit: not allowed (start pen with -X)")
-    runtime(state, "shutdown")
+    state.process.shutdown()
     return ""
 
 
@@ -416,9 +398,10 @@ def status(state: State, args: list) -> str:
     fmt = _args(args, 1, "status [html|json|prometheus]")[0] if args else "html"
     if fmt not in status_report.FORMATS:
         raise CommandError(f"status: unknown format {fmt!r} (html, json or prometheus)")
-    if state.runtime is not None:
-        return runtime(state, "write_status", fmt)
-    return status_report.render(state, fmt)
+    text = status_report.render(state, fmt)
+    if fmt == "html":
+        state.process.save_status(text)
+    return text
 
 
 @command("metrics")

@@ -19,6 +19,8 @@ from gevent.server import StreamServer
 
 from . import commands
 from .addr import Endpoint, client_ip
+from .errors import UsageError
+from .sockets import bind
 from .state import State
 
 log = logging.getLogger("pen")
@@ -75,7 +77,6 @@ def warn_if_exposed(state: State, endpoint: Endpoint) -> None:
 
 def open_socket(endpoint: Endpoint):
     """Bind the control listener (-C); a UNIX socket is created owner-only (0600)."""
-    from .cli import UsageError
     try:
         return _bind(endpoint)
     except UsageError as e:
@@ -83,7 +84,6 @@ def open_socket(endpoint: Endpoint):
 
 
 def _bind(endpoint: Endpoint):
-    from .runtime import bind
     if not endpoint.is_unix:
         return bind(endpoint)
     old = os.umask(0o177)
@@ -104,27 +104,24 @@ class ControlServer(StreamServer):
         super().__init__(sock, self.serve_client, spawn=Pool(concurrency))
         self.state = state
         self.timeout = timeout
-        self.served = 0
-        self.refused = 0
 
     def serve_client(self, sock, address) -> None:
         try:
             ip = client_ip(address)
             if not self.state.acls.permits(self.state.control_acl, ip):
-                self.refused += 1
+                self.state.count("control_refused")
                 log.info("control: %s denied by control_acl %d", ip, self.state.control_acl)
                 return
             try:
                 line = parse_request(self.receive(sock))
             except RequestError as e:
-                self.refused += 1
+                self.state.count("control_refused")
                 self.send(sock, f"{e}\n")
                 return
             except gevent.Timeout:
-                self.refused += 1
+                self.state.count("control_refused")
                 self.send(sock, f"timed out after {self.timeout:g} s waiting for a command\n")
                 return
-            self.served += 1
             log.debug("control: %s: %s", ip or "unix", line)
             try:
                 reply = commands.answer(self.state, line)

@@ -1,13 +1,9 @@
-"""Process matters: daemonizing, pid file, chroot, dropping privileges, logging."""
+"""Process matters: daemonizing, pid file, chroot, dropping privileges."""
 
 from __future__ import annotations
 
-import logging
-import logging.handlers
 import os
-import socket
 import sys
-import time
 
 
 class DaemonError(RuntimeError):
@@ -103,82 +99,3 @@ def drop_privileges(user) -> None:
     os.setgroups([])
     os.setgid(user.pw_gid)
     os.setuid(user.pw_uid)
-
-
-def set_debug(debug: int) -> None:
-    """pen's debug level as a logging level: 0 warnings, 1 info, 2 and more everything."""
-    level = logging.WARNING if debug <= 0 else logging.INFO if debug == 1 else logging.DEBUG
-    logging.getLogger("pen").setLevel(level)
-
-
-def setup_logging(debug: int, foreground: bool) -> None:
-    """Diagnostics go to stderr in the foreground, to syslog in the background (as pen)."""
-    root = logging.getLogger("pen")
-    root.handlers.clear()
-    set_debug(debug)
-    if foreground:
-        handler: logging.Handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(logging.Formatter("%(asctime)s: %(message)s", "%Y-%m-%d %H:%M:%S"))
-    else:
-        try:
-            handler = logging.handlers.SysLogHandler("/dev/log")
-        except OSError:
-            handler = logging.NullHandler()
-        handler.setFormatter(logging.Formatter("pen[%(process)d]: %(message)s"))
-    root.addHandler(handler)
-
-
-class Throttled:
-    """A log call made at most once per interval: a shortage or a misconfigured host that
-    recurs on every connection or datagram must not flood the log."""
-
-    def __init__(self, level: int, interval: float = 60.0) -> None:
-        self.level, self.interval, self.last = level, interval, None
-
-    def __call__(self, message: str, *args) -> None:
-        now = time.monotonic()
-        if self.last is None or now - self.last >= self.interval:
-            self.last = now
-            logging.getLogger("pen").log(self.level, message, *args)
-
-
-class ConnectionLog:
-    """pen's -l log: one line per connection, to a file or to a UDP host:port (penlogd)."""
-
-    def __init__(self) -> None:
-        self.target: str | None = None
-        self.file = None
-        self.udp = None
-
-    def open(self, target: str | None) -> None:
-        self.close()
-        self.target = target
-        if not target:
-            return
-        host, sep, port = target.rpartition(":")
-        if sep and port.isdigit() and "/" not in target:
-            info = socket.getaddrinfo(host.strip("[]"), int(port), 0, socket.SOCK_DGRAM)[0]
-            self.udp = socket.socket(info[0], socket.SOCK_DGRAM)
-            self.udp.setblocking(False)
-            self.udp.connect(info[4])
-        else:
-            self.file = open(target, "a", buffering=1)
-
-    def write(self, line: str) -> None:
-        try:
-            if self.file is not None:
-                self.file.write(line + "\n")
-            elif self.udp is not None:
-                self.udp.send(line.encode()[:1400])
-        except OSError:
-            pass
-
-    def close(self) -> None:
-        for f in (self.file, self.udp):
-            if f is not None:
-                f.close()
-        self.file = self.udp = None
-
-
-def timestamp() -> str:
-    return time.strftime("%Y-%m-%d %H:%M:%S")

@@ -22,8 +22,8 @@ from gevent import socket as gsocket
 
 from . import dsr_frames as frames
 from .addr import AddressError, resolve
-from .cli import UsageError
 from .dsr_slots import SLOTS, rebalance
+from .errors import CommandError, UsageError
 from .state import Server, State
 
 log = logging.getLogger("pen")
@@ -125,11 +125,10 @@ def _warn_if_forwarding() -> None:
 
 
 class Forwarder:
-    """The frame pump; also the runtime's `listener` (start, close)."""
+    """A Balancer (balancer.py) for dsr_if: the frame pump. Nothing is accepted or
+    connected, so connect hooks and the -l log have nothing to act on."""
 
-    max_accept = 0
-
-    def __init__(self, state: State, sock, log_line=None) -> None:
+    def __init__(self, state: State, sock, conn_log=None) -> None:
         self.state = state
         self.ifname = state.dsr_if
         self.sock = sock if isinstance(sock, gsocket.socket) else gsocket.socket(
@@ -138,15 +137,11 @@ class Forwarder:
         self.our_ip = interface_ip(self.ifname)
         self.vip = virtual_ip(state)
         self.port = state.listen.port
-        self.listener = self
         self.connect_hooks: list = []     # nothing connects in DSR mode
         self.table: list[int | None] = [None] * SLOTS
         self.weights: dict[int, int] = {}
         self.arp_seen: dict[bytes, tuple[bytes, float]] = {}   # server IP -> (MAC, when)
         self.loops: list = []
-
-    def count(self, what: str) -> None:
-        self.state.counters[what] += 1
 
     # the table ---------------------------------------------------------------------
 
@@ -189,29 +184,29 @@ class Forwarder:
         if kind == frames.ETH_P_ARP:
             arp = frames.parse_arp(frame)
             if arp is None:
-                self.count("dsr_bad_frames")
+                self.state.count("dsr_bad_frames")
             else:
                 self.on_arp(arp)
         elif kind == frames.ETH_P_IP and frame[:6] == self.mac:
             packet = frames.parse_ipv4(frame)
             if packet is None:
-                self.count("dsr_bad_frames")
+                self.state.count("dsr_bad_frames")
             elif packet.dst == self.vip:
                 self.forward(frame, packet, csum_not_ready)
             elif self.tarpitted(packet.dst):
                 reply = frames.tarpit_reply(frame, self.mac)
                 if reply is not None:
-                    self.count("dsr_tarpitted")
+                    self.state.count("dsr_tarpitted")
                     self.send(reply)
 
     def forward(self, frame: bytes, packet: frames.Packet, csum_not_ready: bool) -> None:
         wanted = frames.IPPROTO_UDP if self.state.udp else frames.IPPROTO_TCP
         if packet.proto != wanted or (packet.dport is not None and packet.dport != self.port):
-            self.count("dsr_ignored")
+            self.state.count("dsr_ignored")
             return
         found = self.pick(packet)
         if found is None:
-            self.count("dsr_no_server")
+            self.state.count("dsr_no_server")
             return
         server, mac = found
         if csum_not_ready:
@@ -243,7 +238,7 @@ class Forwarder:
             self.sock.send(frame)
             return True
         except OSError as e:
-            self.count("dsr_send_errors")
+            self.state.count("dsr_send_errors")
             if e.errno == errno.EMSGSIZE:
                 log.debug("dsr: a %d-byte frame is too big for %s (offloaded segment? "
                           "try `ethtool -K IF tx off` on the sender)", len(frame), self.ifname)
@@ -260,7 +255,7 @@ class Forwarder:
             except OSError as e:
                 if e.errno == errno.EBADF:
                     return
-                self.count("dsr_receive_errors")
+                self.state.count("dsr_receive_errors")
                 log.debug("dsr: receive: %s", e)
                 gevent.sleep(0.01)
                 continue
@@ -269,7 +264,7 @@ class Forwarder:
             try:
                 self.handle(frame, _checksum_not_ready(ancillary))
             except (ValueError, IndexError, struct.error) as e:
-                self.count("dsr_bad_frames")
+                self.state.count("dsr_bad_frames")
                 log.debug("dsr: bad frame: %s", e)
 
     def maintain(self) -> None:
@@ -290,6 +285,9 @@ class Forwarder:
         self.loops = [gevent.spawn(self.receive), gevent.spawn(self.maintain)]
         log.info("dsr: forwarding %s:%d on %s (MAC %s)", ipaddress.IPv4Address(self.vip),
                  self.port, self.ifname, frames.mac_text(self.mac))
+
+    def relisten(self, endpoint) -> None:
+        raise CommandError("listen: in DSR mode the virtual IP is fixed at start")
 
     def close(self) -> None:
         for loop in self.loops:

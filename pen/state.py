@@ -1,12 +1,19 @@
 """The balancer's data: settings, servers, access lists, the client table, live connections.
 
-Everything here is plain Python; the command language (commands.py) is the only writer
-besides the I/O layer's counters, and selection (select.py) the main reader.
+Everything here is plain Python. The command language (commands.py) writes the settings;
+the balancers report what happens through the accounting methods below (a connection
+opened, tracked, moved to a server, bytes moved, a server failed, a connection closed), so
+a new counter is one edit here; selection (select.py) is the main reader.
+
+Byte counters, everywhere: `sx` is what pen sent to that party, `rx` what it received from
+it (a server's sx is the clients' bytes, a client's sx the servers' replies), as the C pen
+counts them. A Connection's sx/rx are its server's side.
 """
 
 from __future__ import annotations
 
 import itertools
+import logging
 import time
 from collections import Counter, OrderedDict
 from dataclasses import dataclass, field
@@ -14,7 +21,9 @@ from typing import Any, Callable
 
 from .acl import AccessLists
 from .addr import Endpoint
+from .hooks import OFFLINE, ProcessHooks
 
+log = logging.getLogger("pen")
 
 @dataclass
 class Server:
@@ -28,11 +37,11 @@ class Server:
     prio: int = 0
     acl: int = 0
     blacklist_until: float = 0.0
-    conn: int = 0                        # connections now
+    conn: int = 0                        # connections (UDP: sessions) now
     total: int = 0                       # connections ever
     sx: int = 0                          # bytes sent to the server
     rx: int = 0                          # bytes received from the server
-    failures: int = 0                    # connects that failed
+    failures: int = 0                    # connects (UDP: datagrams) that failed
     dgrams_sx: int = 0                   # UDP datagrams sent to the server
     dgrams_rx: int = 0                   # UDP datagrams received from the server
 
@@ -116,11 +125,6 @@ class ClientTable:
         while len(self._clients) > max(slots, 0):
             self._clients.popitem(last=False)
 
-    def forget_server(self, index: int) -> None:
-        for client in self._clients.values():
-            if client.server == index:
-                client.server = -1
-
 
 @dataclass
 class Connection:
@@ -129,10 +133,26 @@ class Connection:
     id: int
     client: Any                   # (ip, port) or UNIX peer name
     server: Server | None = None
+    entry: Client | None = None   # the client's slot in the client table
     started: float = field(default_factory=time.time)
     sx: int = 0                   # bytes sent to the server
     rx: int = 0                   # bytes received from the server
     close: Callable[[], None] | None = None
+
+    # bytes moved: the connection's, its server's and its client's counters at once
+    def to_server(self, nbytes: int, datagrams: int = 0) -> None:
+        self.sx += nbytes
+        server = self.server
+        server.sx += nbytes
+        server.dgrams_sx += datagrams
+        self.entry.rx += nbytes
+
+    def to_client(self, nbytes: int, datagrams: int = 0) -> None:
+        self.rx += nbytes
+        server = self.server
+        server.rx += nbytes
+        server.dgrams_rx += datagrams
+        self.entry.sx += nbytes
 
 
 class State:
@@ -197,7 +217,7 @@ class State:
         self.connections: dict[int, Connection] = {}
         self.counters: Counter[str] = Counter()   # events the I/O layer counts (udp_stray...)
         self._ids = itertools.count()
-        self.runtime: Any = None      # the I/O layer's hooks (tcp.Balancer); None in pure tests
+        self.process: ProcessHooks = OFFLINE    # the running process, once there is one
         self.started = time.time()
 
     # servers ---------------------------------------------------------------
@@ -213,6 +233,17 @@ class State:
     def blacklist(self, server: Server, now: float, seconds: float | None = None) -> None:
         server.blacklist_until = now + (self.blacklist_time if seconds is None else seconds)
 
+    def server_failed(self, server: Server, why: str, now: float) -> None:
+        """A server did not take a client (refused, timed out...): blacklist it, say so."""
+        server.failures += 1
+        self.blacklist(server, now)
+        log.warning("server %s (%s) %s; blacklisted for %ss", server.index, server.endpoint,
+                    why, self.blacklist_time)
+
+    def count(self, event: str) -> None:
+        """An event worth a counter on the status page (udp_stray, tls_failures...)."""
+        self.counters[event] += 1
+
     # connections -----------------------------------------------------------
 
     def open_connection(self, client) -> Connection:
@@ -220,5 +251,23 @@ class State:
         self.connections[conn.id] = conn
         return conn
 
+    def track(self, conn: Connection, ip, server: Server, now: float) -> None:
+        """A client's connection got its server: remember the client, count both."""
+        entry = conn.entry = self.clients.touch(ip, now)
+        entry.connects += 1
+        self.assign(conn, server)
+
+    def assign(self, conn: Connection, server: Server) -> None:
+        """conn goes to server from now on (first, or a UDP session failing over)."""
+        if conn.server is not None:
+            conn.server.conn -= 1
+        conn.server = server
+        server.conn += 1
+        server.total += 1
+        if server.index >= 0:             # not the emergency or abuse server
+            conn.entry.server = server.index
+
     def close_connection(self, conn: Connection) -> None:
-        self.connections.pop(conn.id, None)
+        """The connection ended (once: a second call changes nothing)."""
+        if self.connections.pop(conn.id, None) is conn and conn.server is not None:
+            conn.server.conn -= 1

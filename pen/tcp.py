@@ -7,27 +7,23 @@ core's (select.candidates); this module and relay.py only move bytes.
 
 from __future__ import annotations
 
-import errno
 import logging
 import os
 import socket
 import time
 
 import gevent
-from gevent import socket as gsocket
 from greenlet import getcurrent
 
 from . import relay, workers
 from .addr import client_ip
-from .daemon import Throttled
 from .http import ForwardedFor
+from .logs import ConnectionLog, Throttled
 from .select import candidates
+from .sockets import OUT_OF_FDS, bind, connect_within, set_options
 from .state import Connection, Server, State
 
 log = logging.getLogger("pen")
-
-_OUT_OF_FDS = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
-_IN_PROGRESS = (errno.EINPROGRESS, errno.EALREADY, errno.EWOULDBLOCK)
 
 
 class Closed(Exception):
@@ -35,17 +31,17 @@ class Closed(Exception):
 
 
 class Listener:
-    """Accepts clients from the hub's loop, up to max_accept per wake-up, and hands each
-    one to a worker greenlet. Stops accepting while -x connections are open (resumes
-    as they end) and pauses, logging once, instead of spinning when out of fds."""
+    """Accepts clients from the hub's loop, up to max_accept (-m) per wake-up, and hands
+    each one to a worker greenlet running balancer.handle. Stops accepting while -x
+    connections are open (resumes as they end) and pauses, logging once, instead of
+    spinning when out of fds."""
 
-    max_accept = 100
-
-    def __init__(self, sock, balancer: "TcpBalancer") -> None:
+    def __init__(self, sock, balancer: "TcpBalancer", max_accept: int) -> None:
         sock.setblocking(False)
         self.socket = sock
         self.family = sock.family          # a property that builds an enum: read it once
         self.balancer = balancer
+        self.max_accept = max_accept
         self.watcher = gevent.get_hub().loop.io(sock.fileno(), 1)
         self.started = False
         self.log_out_of_fds = Throttled(logging.ERROR)     # once per episode, not per accept
@@ -80,7 +76,7 @@ class Listener:
             except BlockingIOError:
                 return
             except OSError as e:
-                if e.errno in _OUT_OF_FDS:
+                if e.errno in OUT_OF_FDS:
                     self.log_out_of_fds("accept: %s; pausing accepts until connections close",
                                         e.strerror)
                     self.watcher.stop()
@@ -99,59 +95,36 @@ class Listener:
             workers.spawn(balancer.handle, conn, client, address)
 
 
-def connect(sock, sockaddr, timeout) -> None:
-    """connect(2) on a non-blocking socket within timeout (socket.timeout after it).
-    The address is already resolved: connect, wait until writable, read the result."""
-    deadline = time.monotonic() + timeout if timeout else None
-    err = sock.connect_ex(sockaddr)
-    while err == errno.EAGAIN and sock.family == socket.AF_UNIX:      # its backlog is full
-        gsocket.wait_write(sock.fileno(), _left(deadline))
-        err = sock.connect_ex(sockaddr)
-    if err in _IN_PROGRESS:
-        # A server on this host has answered by now (the handshake ran in our syscall):
-        # asking again costs a syscall where waiting costs a trip through the loop.
-        err = sock.connect_ex(sockaddr)
-        if err in _IN_PROGRESS:
-            gsocket.wait_write(sock.fileno(), _left(deadline))
-            err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
-    if err and err != errno.EISCONN:
-        raise OSError(err, os.strerror(err))
-
-
-def _left(deadline):
-    return None if deadline is None else max(0.0, deadline - time.monotonic())
-
-
-def layered(sock, timeout=None):
-    """The gevent socket for a plain one, for the layers (TLS) that work in a blocking
-    style; its operations time out after timeout seconds."""
-    if type(sock) is socket.socket:
-        sock = gsocket.socket(sock.family, sock.type, sock.proto, fileno=sock.detach())
-    sock.settimeout(timeout)
-    return sock
-
-
-def set_options(sock, state: State) -> None:
-    """-O tcp_nodelay / keepalive (which a UNIX socket does not have)."""
-    try:
-        if state.tcp_nodelay:
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        if state.keepalive:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
-    except OSError:
-        pass
-
-
 class TcpBalancer:
-    """Connection lifecycle. `runtime` hooks for the command language live in runtime.py."""
+    """A Balancer (balancer.py) for TCP and UNIX stream clients: the listener and each
+    connection's life (handle), with the streams layered by wrap_client/wrap_upstream."""
 
     proto = "http"      # X-Forwarded-Proto; the TLS front end says https
 
-    def __init__(self, state: State, sock, log_line=None) -> None:
+    def __init__(self, state: State, sock, conn_log: ConnectionLog | None = None, *,
+                 max_accept: int = 100, backlog: int = 0) -> None:
         self.state = state
-        self.listener = Listener(sock, self)
-        self.log_line = log_line or (lambda text: None)
-        self.connect_hooks = []          # fn(sock, server, client_address): transparent, source
+        self.max_accept, self.backlog = max_accept, backlog
+        self.listener = Listener(sock, self, max_accept)
+        self.conn_log = conn_log or ConnectionLog()
+        self.connect_hooks = []          # sockets.ConnectHook: transparent, source
+
+    # the Balancer interface ------------------------------------------------------------
+
+    def start(self) -> None:
+        self.listener.start()
+
+    def close(self) -> None:
+        """Stop accepting; connections in flight go on (the runtime drains them)."""
+        self.listener.close()
+
+    def relisten(self, endpoint) -> None:
+        """`listen ADDR`: accept on the new address, then stop accepting on the old one."""
+        old = self.listener
+        self.listener = Listener(bind(endpoint, socket.SOCK_STREAM, self.backlog), self,
+                                 self.max_accept)
+        self.listener.start()
+        old.close()
 
     # Layers over the byte streams (tls.TlsBalancer: TLS towards clients and/or servers).
     def wrap_client(self, client, address):
@@ -165,12 +138,13 @@ class TcpBalancer:
     # connecting ------------------------------------------------------------------------
 
     def open_upstream(self, server: Server, address):
+        """A connected (and layered) stream to server for the client at address."""
         endpoint = server.endpoint
         sock = socket.socket(endpoint.family, socket.SOCK_STREAM | socket.SOCK_NONBLOCK)
         try:
             for hook in self.connect_hooks:
                 hook(sock, server, address)
-            connect(sock, endpoint.sockaddr, self.state.timeout)
+            connect_within(sock, endpoint.sockaddr, self.state.timeout)
             sock = self.wrap_upstream(sock, server)
         except BaseException:
             sock.close()
@@ -178,22 +152,19 @@ class TcpBalancer:
         set_options(sock, self.state)
         return sock
 
-    def connect(self, ip, address):
-        """Try servers in pen's order; blacklist each one that fails. (socket, server) or None."""
+    def connect_server(self, ip, address):
+        """Try servers in pen's order; blacklist each one that fails. (stream, server) or None."""
         state = self.state
         port = address[1] if isinstance(address, tuple) else None
         for server in candidates(state, ip, port, time.time()):
             try:
                 return self.open_upstream(server, address), server
             except (OSError, gevent.Timeout) as e:
-                if getattr(e, "errno", None) in _OUT_OF_FDS:
+                if getattr(e, "errno", None) in OUT_OF_FDS:
                     log.debug("no fd for an upstream socket: closing the client")
                     return None                   # our shortage, not the server's fault
-                server.failures += 1
-                state.blacklist(server, time.time())
-                log.warning("server %s (%s) failed: %s; blacklisted for %ss", server.index,
-                            server.endpoint, getattr(e, "strerror", None) or e or "timeout",
-                            state.blacklist_time)
+                reason = getattr(e, "strerror", None) or e or "timeout"
+                state.server_failed(server, f"failed: {reason}", time.time())
         return None
 
     # a connection ----------------------------------------------------------------------
@@ -208,7 +179,7 @@ class TcpBalancer:
             if client is None:
                 return
             ip = client_ip(address)
-            found = self.connect(ip, address)
+            found = self.connect_server(ip, address)
             if found is None:
                 log.info("no server for %s", address)
                 return
@@ -216,17 +187,8 @@ class TcpBalancer:
             log.debug("connection %d: %s to server %d (%s)", conn.id, ip, server.index,
                       server.endpoint)
             set_options(client, state)
-            conn.server = server
-            server.conn += 1
-            server.total += 1
-            entry = state.clients.touch(ip, time.time())
-            entry.connects += 1
-            if server.index >= 0:
-                entry.server = server.index
-            try:
-                self.relay(conn, client, upstream, server, entry, ip)
-            finally:
-                server.conn -= 1
+            state.track(conn, ip, server, time.time())
+            self.relay(conn, client, upstream, ip)
         except Closed:
             log.debug("connection %s: closed by close N or shutdown", conn.id)
         finally:
@@ -237,29 +199,19 @@ class TcpBalancer:
             _close(client or accepted, upstream)
             self.listener.resume()
 
-    def relay(self, conn: Connection, client, upstream, server: Server, entry, ip) -> None:
+    def relay(self, conn: Connection, client, upstream, ip) -> None:
+        """Move the bytes both ways (with -H, -l and -d -d -d looking at them) until done."""
         state = self.state
-
-        def to_server(n):
-            server.sx += n
-            entry.rx += n
-            conn.sx += n
-
-        def to_client(n):
-            server.rx += n
-            entry.sx += n
-            conn.rx += n
-
         transform = ForwardedFor(str(ip), self.proto) if state.http and ip is not None else None
         reply = None
         if state.debug >= DUMP_LEVEL:           # pen -d -d -d: every chunk, hex or (-a) text
             transform = _Tap(transform, _dump(f"connection {conn.id} to server", state.ascii))
             reply = _Tap(None, _dump(f"connection {conn.id} to client", state.ascii))
         if state.log is not None:
-            transform = _Tap(transform, _first_line(lambda line: self.log_line(
-                f"{ip} {int(time.time())} {server.endpoint.address} {line}")))
-        relay.Relay(client, upstream, state.idle_timeout, to_server, to_client, transform,
-                    state.tcp_fastclose, reply).run()
+            transform = _Tap(transform, _first_line(
+                lambda line: self.conn_log.request(ip, conn.server, line)))
+        relay.Relay(client, upstream, state.idle_timeout, conn.to_server, conn.to_client,
+                    transform, state.tcp_fastclose, reply).run()
 
 
 class _Tap:

@@ -14,7 +14,7 @@ import ipaddress
 import logging
 import socket
 
-from .daemon import Throttled
+from .logs import Throttled
 
 log = logging.getLogger("pen")
 

@@ -26,10 +26,11 @@ import time
 import gevent
 
 from .addr import client_ip
-from .cli import UsageError
-from .daemon import Throttled
+from .errors import UsageError
+from .logs import ConnectionLog, Throttled
 from .mmsg import best as best_batch
 from .select import candidates
+from .sockets import bind
 from .state import Server, State
 from .udptable import SessionTable, idle_limit, sweep
 
@@ -73,14 +74,14 @@ class Session:
     dest_name): the names are what datagrams are matched and sent by."""
 
     __slots__ = ("balancer", "client", "key", "ip", "server", "sock", "dest", "dest_name",
-                 "reader", "conn", "entry", "last", "pending", "pending_since", "unanswered",
+                 "reader", "conn", "last", "pending", "pending_since", "unanswered",
                  "answered", "closed")
 
     def __init__(self, balancer: "UdpBalancer", key, client, ip) -> None:
         self.balancer = balancer
         self.key, self.client, self.ip = key, client, ip
         self.server: Server | None = None
-        self.sock = self.dest = self.dest_name = self.reader = self.conn = self.entry = None
+        self.sock = self.dest = self.dest_name = self.reader = self.conn = None
         self.last = time.monotonic()
         self.pending: bytes | None = None      # the client's last datagram, for failover
         self.pending_since = 0.0
@@ -92,25 +93,18 @@ class Session:
 
     def attach(self, server: Server) -> bool:
         """Move the session to server with a fresh backend socket (late answers from the
-        previous server must not reach the client). False if no socket could be made."""
+        previous server must not reach the client). False if no socket could be made.
+        The caller accounts for the move (State.track or State.assign)."""
         try:
             sock = self.balancer.open_backend(server, self.client)
         except OSError as e:
-            self.balancer.count("udp_socket_errors")
+            self.balancer.state.count("udp_socket_errors")
             self.balancer.warn(f"UDP: no socket for {server.endpoint}: {e.strerror or e}")
             return False
         old_sock, old_reader = self.sock, self.reader
-        if self.server is not None:
-            self.server.conn -= 1
         self.server, self.sock = server, sock
         self.dest = server.endpoint.sockaddr
         self.dest_name = self.balancer.batch.name(self.dest)
-        server.conn += 1
-        server.total += 1
-        if self.conn is not None:
-            self.conn.server = server
-        if self.entry is not None and server.index >= 0:
-            self.entry.server = server.index
         self.answered, self.unanswered = False, 0
         self.reader = gevent.get_hub().loop.io(sock.fileno(), 1)
         self.reader.start(self.from_server, sock)
@@ -122,12 +116,10 @@ class Session:
     def fail_over(self, why: str) -> None:
         """Blacklist the server, move to the next candidate, and resend what is unanswered."""
         state, failed = self.balancer.state, self.server
-        failed.failures += 1
-        state.blacklist(failed, time.time())
-        log.warning("server %s (%s) %s; blacklisted for %ss", failed.index, failed.endpoint,
-                    why, state.blacklist_time)
+        state.server_failed(failed, why, time.time())
         for server in candidates(state, self.ip, self.client[1], time.time()):
             if server is not failed and self.attach(server):
+                state.assign(self.conn, server)
                 break
         else:
             self.close()
@@ -136,15 +128,15 @@ class Session:
             self.pending_since = time.monotonic()
             self.resend()
 
-    def refused(self) -> bool:
+    def on_refusal(self) -> bool:
         """The backend socket reported ECONNREFUSED: fail over if the server's own port
         refused (a TFTP transfer port that has closed is no reason). True if it failed over."""
         if RECVERR:
             want = self.server.endpoint.sockaddr[:2]
             if want not in (address[:2] for address in refusals(self.sock)):
-                self.balancer.count("udp_refused_elsewhere")
+                self.balancer.state.count("udp_refused_elsewhere")
                 return False
-        self.balancer.count("udp_refused")
+        self.balancer.state.count("udp_refused")
         self.fail_over("refused the datagram (ICMP port unreachable)")
         return True
 
@@ -166,7 +158,7 @@ class Session:
                 # An earlier datagram was refused; this one was not sent. A failover
                 # resends it as pending; a refusal from elsewhere costs one retry.
                 self.pending = batch.copy(slots[sent])
-                if self.refused() or retried == sent:
+                if self.on_refusal() or retried == sent:
                     sent += 1
                 else:
                     retried = sent
@@ -174,7 +166,7 @@ class Session:
                     return
                 continue
             except OSError as e:
-                self.balancer.count("udp_send_errors")
+                self.balancer.state.count("udp_send_errors")
                 log.debug("UDP: send to %s: %s", self.dest, e)
                 sent += 1
                 continue
@@ -183,13 +175,7 @@ class Session:
             datagrams += n
         self.pending = batch.copy(slots[-1])
         self.unanswered += datagrams
-        self.count_sent(datagrams, nbytes)
-
-    def count_sent(self, datagrams: int, nbytes: int) -> None:
-        self.server.sx += nbytes
-        self.server.dgrams_sx += datagrams
-        self.conn.sx += nbytes
-        self.entry.rx += nbytes
+        self.conn.to_server(nbytes, datagrams)
 
     def resend(self) -> None:
         """Send the pending datagram again (to the server a failover chose)."""
@@ -197,10 +183,10 @@ class Session:
         try:
             self.sock.sendto(self.pending, self.dest)
         except OSError as e:
-            self.balancer.count("udp_send_errors")
+            self.balancer.state.count("udp_send_errors")
             log.debug("UDP: send to %s: %s", self.dest, e)
             return
-        self.count_sent(1, len(self.pending))
+        self.conn.to_server(len(self.pending), 1)
 
     def from_server(self, sock) -> None:
         """A read callback: relay the server's datagrams to the client."""
@@ -211,18 +197,18 @@ class Session:
             try:
                 n = batch.receive(sock)
             except ConnectionRefusedError:
-                self.refused()
+                self.on_refusal()
                 return
             except OSError as e:
-                self.balancer.count("udp_receive_errors")
+                self.balancer.state.count("udp_receive_errors")
                 log.debug("UDP: receive from %s: %s", self.server.endpoint, e)
                 if RECVERR:
                     refusals(sock)   # empty the error queue, or the socket stays readable
                 return
             slots = []
             for i, source in enumerate(batch.sources(n)):
-                if source != self.dest_name and not self.moved(source):
-                    self.balancer.count("udp_stray")  # not our server: never to the client
+                if source != self.dest_name and not self.follow_transfer_port(source):
+                    self.balancer.state.count("udp_stray")  # not our server: never to the client
                     continue
                 slots.append(i)
             if slots:
@@ -230,9 +216,10 @@ class Session:
             if n < batch.slots:
                 return
 
-    def moved(self, source) -> bool:
+    def follow_transfer_port(self, source) -> bool:
         """A datagram from another port than dest: the server's (TFTP: the transfer's own
-        port, where the client's next datagrams go) if it comes from the server's IP."""
+        port, where the client's next datagrams go from now on) if it comes from the
+        server's IP. True if it was the server's."""
         address = self.balancer.batch.address(source)
         if address[0] != self.server.endpoint.sockaddr[0]:
             return False
@@ -244,18 +231,13 @@ class Session:
         self.last = time.monotonic()
         self.pending, self.pending_since = None, 0.0
         self.unanswered, self.answered = 0, True
-        nbytes = batch.size_of(slots)
-        server = self.server
-        server.rx += nbytes
-        server.dgrams_rx += len(slots)
-        self.conn.rx += nbytes
-        self.entry.sx += nbytes
+        self.conn.to_client(batch.size_of(slots), len(slots))
         sent = 0
         while sent < len(slots):
             try:
                 sent += batch.send(listen, slots, sent, self.key)
             except OSError as e:
-                self.balancer.count("udp_reply_errors")
+                self.balancer.state.count("udp_reply_errors")
                 log.debug("UDP: reply to %s: %s", self.client, e)
                 sent += 1
 
@@ -267,8 +249,6 @@ class Session:
         balancer.table.remove(self.key, self)
         if self.conn is not None:
             balancer.state.close_connection(self.conn)
-        if self.server is not None:
-            self.server.conn -= 1
         if self.reader is not None:
             self.reader.stop()
         if self.sock is not None:
@@ -277,27 +257,20 @@ class Session:
 
 
 class UdpBalancer:
-    """The listen socket's receive loop, the session table and the sweeper.
+    """A Balancer (balancer.py) for -U: the listen socket's receive loop, the session
+    table and the sweeper."""
 
-    It is its own `listener` for the runtime (start, close, max_accept)."""
-
-    max_accept = 0                     # the runtime sets it; UDP has nothing to accept
-
-    def __init__(self, state: State, sock, log_line=None) -> None:
+    def __init__(self, state: State, sock, conn_log: ConnectionLog | None = None) -> None:
         self.state = state
         self.sock = sock
         self.reader = None
-        self.listener = self
         self.table = SessionTable()
         self.batch = best_batch()
-        self.log_line = log_line or (lambda text: None)
-        self.connect_hooks = []          # fn(sock, server, client_address): transparent, source
+        self.conn_log = conn_log or ConnectionLog()
+        self.connect_hooks = []          # sockets.ConnectHook: transparent, source
         self.sweeping = None
         self.closed = False
         self.warn = Throttled(logging.WARNING)   # our own shortage: once a minute, not per datagram
-
-    def count(self, what: str) -> None:
-        self.state.counters[what] += 1
 
     # the backend socket: the one place a transparent hook needs to wrap -------------------
 
@@ -320,6 +293,7 @@ class UdpBalancer:
     # sessions --------------------------------------------------------------------------
 
     def open_session(self, key) -> Session | None:
+        """A new client address: its session on the first server that takes it, or None."""
         state = self.state
         client = self.batch.address(key)
         ip = client_ip(client)
@@ -328,20 +302,17 @@ class UdpBalancer:
             if session.attach(server):
                 break
         else:
-            self.count("udp_no_server")
+            state.count("udp_no_server")
             log.info("no server for %s", client)
             return None
         session.conn = conn = state.open_connection(client)
-        conn.server, conn.close = session.server, session.close
-        entry = session.entry = state.clients.touch(ip, time.time())
-        entry.connects += 1
-        if session.server.index >= 0:
-            entry.server = session.server.index
+        conn.close = session.close
+        state.track(conn, ip, session.server, time.time())
         for old in self.table.add(key, session, state.conn_max):
-            self.count("udp_evicted")
+            state.count("udp_evicted")
             old.close()
         if state.log is not None:
-            self.log_line(f"{ip} {int(time.time())} {session.server.endpoint.address} UDP")
+            self.conn_log.request(ip, session.server, "UDP")
         return session
 
     def receive(self) -> None:
@@ -351,7 +322,7 @@ class UdpBalancer:
             try:
                 n = batch.receive(sock)
             except OSError as e:
-                self.count("udp_receive_errors")
+                self.state.count("udp_receive_errors")
                 log.debug("UDP: receive: %s", e)
                 self.reader.stop()             # an error that stays must not spin the loop
                 gevent.get_hub().loop.timer(0.01).start(self.resume, self.reader)
@@ -376,14 +347,14 @@ class UdpBalancer:
             expired, silent = sweep(self.table.sessions(), time.monotonic(),
                                     idle_limit(state.idle_timeout), state.timeout)
             for session in expired:
-                self.count("udp_expired")
+                state.count("udp_expired")
                 session.close()
             for session in silent:
                 if not session.closed:
-                    self.count("udp_silent")
+                    state.count("udp_silent")
                     session.fail_over(f"left a datagram unanswered for {state.timeout}s")
 
-    # the runtime's listener interface --------------------------------------------------
+    # the Balancer interface ------------------------------------------------------------
 
     def start(self) -> None:
         self.listen(self.sock)
@@ -414,8 +385,9 @@ class UdpBalancer:
         self.close_sessions()
         self.sock.close()
 
-    def relisten(self, sock) -> None:
+    def relisten(self, endpoint) -> None:
         """`listen ADDR`: clients of the old address cannot be answered from the new one."""
+        sock = bind(endpoint, socket.SOCK_DGRAM)
         old = self.sock
         self.close_sessions()
         self.reader.stop()

@@ -482,7 +482,7 @@ def test_a_connection_leaves_no_garbage_cycles():
     state, _ = parse(["-f", "127.0.0.1:0", f"127.0.0.1:{echo.getsockname()[1]}"])
     listen = socket.create_server(("127.0.0.1", 0))
     balancer = TcpBalancer(state, listen)
-    balancer.listener.start()
+    balancer.start()
     done = threading.Event()
 
     def clients():
@@ -510,7 +510,7 @@ def test_a_connection_leaves_no_garbage_cycles():
         gc.garbage.clear()
         gc.enable()
         server.join(5)
-        balancer.listener.close()
+        balancer.close()
         echo.close()
 
 

@@ -14,7 +14,7 @@ from udp_peers import Responder, echo
 
 from pen import commands, mmsg
 from pen.cli import parse
-from pen.runtime import bind
+from pen.sockets import bind
 from pen.udp import UdpBalancer
 
 
@@ -176,8 +176,7 @@ def test_relisten_moves_to_the_new_address(balance):
         client = gclient()
         assert ask(client, port, b"a") == b"a"
         state.listen.port = 0
-        sock = bind(state.listen, socket.SOCK_DGRAM)
-        balancer.relisten(gsocket.socket(fileno=sock.detach()))
+        balancer.relisten(state.listen)
         new_port = balancer.sock.getsockname()[1]
         assert ask(client, new_port, b"b") == b"b"
         assert ask(client, port, b"c", timeout=0.3) is None

@@ -5,7 +5,9 @@ import ssl
 import pytest
 import trustme
 
-from pen import cli, commands, tls
+from pen import cli, commands
+from pen import tls_contexts as tls
+from pen.hooks import Offline
 from pen.state import State
 
 V = ssl.TLSVersion
@@ -268,13 +270,13 @@ def test_a_live_tls_command_that_cannot_be_used_is_undone(pki):
     the error is the answer and the previous value stays."""
     state = state_for("-E", pki["both"])
 
-    class Runtime:
+    class Process(Offline):
         def reload_tls(self):
             try:
                 tls.Contexts(state)
             except tls.TlsError as e:
                 raise commands.CommandError(str(e)) from None
-    state.runtime = Runtime()
+    state.process = Process()
     assert commands.execute(state, "ssl_ciphers ECDHE-RSA-AES128-GCM-SHA256") == ""
     assert "no cipher can be selected" in commands.answer(state, "ssl_ciphers BOGUS")
     assert state.ssl_ciphers == "ECDHE-RSA-AES128-GCM-SHA256"

@@ -1,0 +1,48 @@
+"""The Balancer interface the runtime drives, and the choice of one for a configuration.
+
+Four implementations: tcp.TcpBalancer (TCP and UNIX streams), tls.TlsBalancer (the same
+with TLS on either side), udp.UdpBalancer (-U) and dsr.Forwarder (dsr_if: raw frames).
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from .dsr import Forwarder
+from .logs import ConnectionLog
+from .sockets import ConnectHook
+from .state import State
+from .tcp import TcpBalancer
+from .tls import TlsBalancer
+from .udp import UdpBalancer
+
+
+class Balancer(Protocol):
+    state: State
+    connect_hooks: list[ConnectHook]   # shape each server socket before it connects
+
+    def start(self) -> None:
+        """Take clients: connections, datagrams or frames."""
+
+    def close(self) -> None:
+        """Take no more clients. TCP connections in flight go on (the runtime drains
+        them); UDP sessions and DSR end, as nothing can answer their clients any more."""
+
+    def relisten(self, endpoint) -> None:
+        """`listen ADDR`: take clients there instead. UsageError if the address cannot be
+        had, CommandError if the mode cannot move."""
+
+
+def create(state: State, sock, conn_log: ConnectionLog, contexts=None, *,
+           max_accept: int = 100, backlog: int = 0) -> Balancer:
+    """The balancer for this configuration, by precedence: dsr_if (frames, nothing is
+    accepted) over -U (datagrams) over TLS contexts (-E / ssl_backend) over plain TCP.
+    TLS with -U is refused at start-up (runtime.tls_contexts)."""
+    if state.dsr_if:
+        return Forwarder(state, sock, conn_log)
+    if state.udp:
+        return UdpBalancer(state, sock, conn_log)
+    if contexts is not None:
+        return TlsBalancer(state, sock, conn_log, contexts=contexts, max_accept=max_accept,
+                           backlog=backlog)
+    return TcpBalancer(state, sock, conn_log, max_accept=max_accept, backlog=backlog)
