@@ -42,17 +42,22 @@ class Relay:
     half-close), when one ends with `fastclose` set for it, on an error, or after idle
     seconds without a byte; an exception thrown into its greenlet ends it too. The
     caller closes the sockets. A transform (feed(bytes) -> bytes, flush() -> bytes) may
-    rewrite what goes to the server (`transform`) or to the client (`reply_transform`)."""
+    rewrite what goes to the server (`transform`) or to the client (`reply_transform`).
+    to_server(n) and to_client(n) count the bytes read from each side.
+
+    The loop is the hub's unless given: all the relay asks of it is io(fd, events) and
+    timer(seconds) watchers, so tests can drive it without sockets or a hub."""
 
     def __init__(self, client, upstream, idle: float, to_server, to_client,
-                 transform=None, fastclose: str = "off", reply_transform=None) -> None:
+                 transform=None, fastclose: str = "off", reply_transform=None,
+                 loop=None) -> None:
         self.last = time.monotonic()       # when bytes last moved, either way
         self.idle = idle or None
-        self.hub = gevent.get_hub()
+        self.loop = loop = loop or gevent.get_hub().loop
         self.open = 2                      # directions still running
+        self.closed = False
         self.waiting = None                # the greenlet in run()
         self.timer = None                  # the idle check
-        loop = self.hub.loop
         self.directions = (
             _Direction(self, loop, client, upstream, to_server, transform,
                        fastclose in ("down", "both")),
@@ -60,18 +65,24 @@ class Relay:
                        fastclose in ("up", "both")))
 
     def run(self) -> None:
+        """Relay until the end, waiting in the calling greenlet (the connection's)."""
         self.waiting = getcurrent()
+        hub = gevent.get_hub()
         try:
-            for direction in self.directions:
-                direction.start()
-            if self.idle:
-                self.check_idle()
+            self.start()
             while self.waiting is not None:
-                self.hub.switch()          # close() switches back
+                hub.switch()               # close() switches back
         finally:
             self.waiting = None
             self.close()
             self.directions = ()           # they point back here: no cycle for the GC
+
+    def start(self) -> None:
+        """Watch both sources (and the idle time); from here on the loop moves the bytes."""
+        for direction in self.directions:
+            direction.start()
+        if self.idle:
+            self.check_idle()
 
     def check_idle(self) -> None:
         """A timer callback: end the relay once no byte has moved for idle seconds."""
@@ -79,7 +90,7 @@ class Relay:
         if left <= 0:
             log.debug("idle timeout")
             return self.close()
-        self.timer = self.hub.loop.timer(left)
+        self.timer = self.loop.timer(left)
         self.timer.start(self.check_idle)
 
     def ended(self, direction: "_Direction") -> None:
@@ -88,6 +99,7 @@ class Relay:
             self.close()
 
     def close(self) -> None:
+        self.closed = True
         for direction in self.directions:
             direction.stop()
         if self.timer is not None:
@@ -102,7 +114,8 @@ class _Direction:
     what is left waits in `pending` (bytes) or in the pipe (`piped` bytes, splice mode)."""
 
     __slots__ = ("relay", "src", "dst", "recv", "send", "buffered", "count", "transform",
-                 "fastclose", "reader", "writer", "pending", "splice", "pipe", "piped", "eof")
+                 "fastclose", "reader", "writer", "pending", "bulk_left", "pipe", "piped",
+                 "eof")
 
     def __init__(self, relay, loop, src, dst, count, transform, fastclose) -> None:
         self.relay, self.src, self.dst = relay, src, dst
@@ -113,7 +126,8 @@ class _Direction:
         self.writer = None                 # made when dst first pushes back
         self.pending = None
         both_plain = self.buffered is None and type(dst) is socket.socket
-        self.splice = BULK if SPLICE and transform is None and both_plain else None
+        # bytes to copy before splicing (None: this direction never splices)
+        self.bulk_left = BULK if SPLICE and transform is None and both_plain else None
         self.pipe = None
         self.piped = 0
         self.eof = False
@@ -164,9 +178,9 @@ class _Direction:
         self.count(n)
         if self.transform is not None:
             data = self.transform.feed(data)
-        elif self.splice is not None:
-            self.splice -= n
-            if self.splice <= 0:
+        elif self.bulk_left is not None:
+            self.bulk_left -= n
+            if self.bulk_left <= 0:
                 self.start_splicing()
         if data and not self.write(data):
             return False
@@ -210,7 +224,7 @@ class _Direction:
     def wait_writable(self) -> None:
         self.reader.stop()
         if self.writer is None:
-            self.writer = self.relay.hub.loop.io(self.dst.fileno(), _WRITE)
+            self.writer = self.relay.loop.io(self.dst.fileno(), _WRITE)
         self.writer.start(self.writable)
 
     def writable(self) -> None:
@@ -236,7 +250,7 @@ class _Direction:
 
     def start_splicing(self) -> None:
         """From the next read on (what was read now is still sent by copy)."""
-        self.splice = None
+        self.bulk_left = None
         try:
             self.pipe = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         except OSError as e:                  # out of fds: go on copying
@@ -295,7 +309,7 @@ def _writing(stream):
 def end_writes(sock) -> bool:
     """Half-close: tell sock's peer no more bytes come. False when the stream cannot
     (TLS has no half-close: its socket must be closed, which says close_notify)."""
-    if type(sock) is not socket.socket:
+    if getattr(sock, "_sslobj", None) is not None:
         return False
     try:
         sock.shutdown(socket.SHUT_WR)
