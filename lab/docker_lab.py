@@ -188,12 +188,12 @@ class DockerLab:
         result = self.boxes[name].exec_run(argv)
         return result.exit_code, result.output.decode(errors="replace")
 
-    def wait_for(self, what, check, timeout=15, interval=0.2):
-        wait_for(what, check, timeout, interval)
+    def wait_for(self, check, what, timeout=15, interval=0.2):
+        wait_for(check, timeout, interval, what=what)
 
     def wait_serving(self, name):
-        self.wait_for(f"{name} to serve HTTP",
-                      lambda: self.run(name, "ss -Hltn 'sport = :80'", 5)[1].strip())
+        self.wait_for(lambda: self.run(name, "ss -Hltn 'sport = :80'", 5)[1].strip(),
+                      f"{name} to serve HTTP")
 
     # -- the balancer ----------------------------------------------------------
     def start_pen(self, options, servers, service="http", emergency=None):
@@ -214,7 +214,7 @@ class DockerLab:
                 raise LabError(f"pen exited at start: {shown(argv)}\n{self.pen_log()}")
             return len(out.strip().splitlines()) >= 2
 
-        self.wait_for("pen to listen", ready)
+        self.wait_for(ready, "pen to listen")
         return shown(argv)
 
     def pen_log(self):
@@ -281,7 +281,7 @@ class DockerLab:
             box.stop(timeout=2)
         elif how == "kill":
             box.kill()
-            self.wait_for(f"{name} to die", lambda: not self._running(name))
+            self.wait_for(lambda: not self._running(name), f"{name} to die")
         elif how == "pause":
             box.pause()
         elif how == "disconnect":

@@ -82,7 +82,7 @@ class LocalLab:
             with socket.socket() as probe:
                 return probe.connect_ex((self.addresses[name], self.port)) == 0
 
-        wait_for(f"{name} to listen", up)
+        wait_for(up, what=f"{name} to listen")
 
     def _tail(self, file):
         with open(os.path.join(self.work, file), errors="replace") as log:
@@ -130,7 +130,7 @@ class LocalLab:
                 raise LabError(f"pen exited at start: {shown(argv)}\n{self._tail('pen.log')}")
             return listening(self.pen_port) and listening(control_port)
 
-        wait_for("pen to listen", ready)
+        wait_for(ready, what="pen to listen")
         return shown(argv).replace(sys.executable, "python3")
 
     def stop_pen(self):

@@ -19,6 +19,8 @@ import socket
 import struct
 import sys
 
+from .portable import PORTABLE
+
 SLOTS = 32                  # datagrams per batch
 SIZE = 65535                # the largest UDP payload
 _NAME = 128                 # sizeof(struct sockaddr_storage)
@@ -221,5 +223,5 @@ class PlainBatch:
 
 
 def best() -> Batch | PlainBatch:
-    """The batch this platform does best."""
-    return Batch() if AVAILABLE else PlainBatch()
+    """The batch this platform does best (PEN_PORTABLE=1: the portable one)."""
+    return Batch() if AVAILABLE and not PORTABLE else PlainBatch()

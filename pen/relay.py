@@ -22,12 +22,14 @@ from ssl import SSLEOFError, SSLWantReadError, SSLWantWriteError, SSLZeroReturnE
 import gevent
 from greenlet import getcurrent
 
+from .portable import PORTABLE
+
 log = logging.getLogger("pen")
 
 BUFSIZE = 64 * 1024
 BULK = 256 * 1024
 ROUNDS = 16            # chunks one direction may move per wake-up while its source has more
-SPLICE = sys.platform.startswith("linux") and hasattr(os, "splice")
+SPLICE = sys.platform.startswith("linux") and hasattr(os, "splice") and not PORTABLE
 _SPLICE_FLAGS = getattr(os, "SPLICE_F_MOVE", 1) | getattr(os, "SPLICE_F_NONBLOCK", 2)
 _GONE = (errno.ECONNRESET, errno.EPIPE, errno.ENOTCONN, errno.EBADF, errno.ETIMEDOUT)
 _READ, _WRITE = 1, 2

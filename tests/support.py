@@ -17,6 +17,8 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
+from pen_lab.errors import wait_for  # noqa: F401  (the one wait helper, shared with the lab)
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -48,18 +50,6 @@ def free_port(host: str = "127.0.0.1", kind: int = socket.SOCK_STREAM) -> int:
     with socket.socket(family, kind) as s:
         s.bind((host, 0))
         return s.getsockname()[1]
-
-
-def wait_for(condition, timeout: float = 10.0, interval: float = 0.02, what: str = "condition"):
-    """Poll condition() until it returns something truthy; fail with `what` after timeout."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(interval)
 
 
 def open_fds(pid: int) -> int:

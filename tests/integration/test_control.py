@@ -24,17 +24,20 @@ PENCTL = "/usr/bin/penctl"          # Debian's pen package: the client pen's use
 C_PEN = "/usr/bin/pen"
 USER = ["-u", pwd.getpwuid(os.geteuid()).pw_name]
 
-needs_penctl = pytest.mark.skipif(not os.path.exists(PENCTL),
-                                  reason="needs Debian's penctl: apt-get install pen")
 
 
-def penctl(target, *words, binary=PENCTL, timeout=15) -> str:
+def penctl(target, *words, binary=None, timeout=15) -> str:
+    """Our penctl, or (binary=PENCTL) Debian's, for the tests about compatibility."""
     cmd = [binary, str(target), *words] if binary else [
         sys.executable, "-m", "pen.penctl", str(target), *words]
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout,
                             env=dict(os.environ, PYTHONPATH=str(ROOT)))
     assert result.returncode == 0, result.stderr
     return result.stdout
+
+
+def c_penctl(target, *words, timeout=15) -> str:
+    return penctl(target, *words, binary=PENCTL, timeout=timeout)
 
 
 def ctl_address():
@@ -77,40 +80,39 @@ def penctl_ok(ctl):
 
 # --- pen's answers, through pen's own client ------------------------------------------
 
-@needs_penctl
+@pytest.mark.c_pen
 def test_real_penctl_reads_pens_formats(backends, start_pen):
     pen, port, ctl = start_with_control(start_pen, servers=[backends[0].spec,
                                                              backends[1].spec + ":10:20:3:1"])
     a, b = backends
     idle(ctl)
-    assert penctl(ctl, "servers") == (
+    assert c_penctl(ctl, "servers") == (
         f"0 addr 127.0.0.1 port {a.port} conn 0 max 0 hard 0 weight 0 prio 0 sx 0 rx 0\n"
         f"1 addr 127.0.0.1 port {b.port} conn 0 max 10 hard 20 weight 3 prio 1 sx 0 rx 0\n")
-    assert penctl(ctl, "mode") == "no hash no roundrobin no stubborn no weight no prio\n"
-    assert penctl(ctl, "pid") == f"{pen.proc.pid}\n"
-    assert penctl(ctl, "control") == f"{ctl}\n"
-    assert penctl(ctl, "listen") == f"127.0.0.1:{port}\n"
-    assert penctl(ctl, "clients_max") == "2048\n"
-    assert penctl(ctl, "conn_max") == "500\n"
-    assert penctl(ctl, "idle_timeout") == "Idle timeout: 0 seconds\n"
-    assert penctl(ctl, "tarpit_acl") == "tarpit_acl = -1\n"
-    assert penctl(ctl, "blacklist", "7") == "7\n"
-    assert penctl(ctl, "bogus") == "do_cmd: ignoring command starting with 'bogus'\n"
+    assert c_penctl(ctl, "mode") == "no hash no roundrobin no stubborn no weight no prio\n"
+    assert c_penctl(ctl, "pid") == f"{pen.proc.pid}\n"
+    assert c_penctl(ctl, "control") == f"{ctl}\n"
+    assert c_penctl(ctl, "listen") == f"127.0.0.1:{port}\n"
+    assert c_penctl(ctl, "clients_max") == "2048\n"
+    assert c_penctl(ctl, "conn_max") == "500\n"
+    assert c_penctl(ctl, "idle_timeout") == "Idle timeout: 0 seconds\n"
+    assert c_penctl(ctl, "tarpit_acl") == "tarpit_acl = -1\n"
+    assert c_penctl(ctl, "blacklist", "7") == "7\n"
+    assert c_penctl(ctl, "bogus") == "do_cmd: ignoring command starting with 'bogus'\n"
     curl_json(f"http://127.0.0.1:{port}/")
     # (the fixture's readiness probe connected once too)
     recent = re.fullmatch(r"127\.0\.0\.1 connects [12] sx ([1-9]\d*) rx ([1-9]\d*)\n",
-                          penctl(ctl, "recent"))
+                          c_penctl(ctl, "recent"))
     assert recent
-    assert penctl(ctl, "recent", "0") == ""
-    lines = [line.split() for line in penctl(ctl, "servers").splitlines()]
+    assert c_penctl(ctl, "recent", "0") == ""
+    lines = [line.split() for line in c_penctl(ctl, "servers").splitlines()]
     # As in the C pen: a server's sx is what it was sent, a client's sx what it was sent
     # (the reply), so all the servers' rx is the client's sx and the other way round.
     assert int(recent[1]) == sum(int(words[-1]) for words in lines) > 0
     assert int(recent[2]) == sum(int(words[-3]) for words in lines) > 0
 
 
-@needs_penctl
-@pytest.mark.skipif(not os.path.exists(C_PEN), reason="needs the C pen: apt-get install pen")
+@pytest.mark.c_pen
 def test_answers_match_the_c_pen(backends, start_pen, tmp_path):
     """The same commands to the C pen and to ours: the same bytes back."""
     servers = [backends[0].spec, backends[1].spec + ":10:20:3:1"]
@@ -131,9 +133,9 @@ def test_answers_match_the_c_pen(backends, start_pen, tmp_path):
                      "mode", "no hash", "prio", "mode", "server 0 weight 4", "server 1 max 2",
                      "servers", "acl 1 permit 127.0.0.1", "bogus", "stubborn", "roundrobin",
                      "mode", "recent 0"):
-            ours, theirs = penctl(ctl, *line.split()), penctl(c_ctl, *line.split())
+            ours, theirs = c_penctl(ctl, *line.split()), c_penctl(c_ctl, *line.split())
             assert ours == theirs, line
-        assert penctl(ctl, "tarpit_acl").rstrip("\n") == penctl(c_ctl, "tarpit_acl")
+        assert c_penctl(ctl, "tarpit_acl").rstrip("\n") == c_penctl(c_ctl, "tarpit_acl")
     finally:
         c_pen.terminate()
         c_pen.wait(10)
@@ -141,7 +143,6 @@ def test_answers_match_the_c_pen(backends, start_pen, tmp_path):
 
 # --- run-time changes that move traffic ---------------------------------------------------
 
-@needs_penctl
 def test_blacklist_and_whitelist_move_traffic(backends, start_pen):
     pen, port, ctl = start_with_control(start_pen, "-r", servers=[b.spec for b in backends])
     assert landed(port) == {"a", "b"}
@@ -154,7 +155,6 @@ def test_blacklist_and_whitelist_move_traffic(backends, start_pen):
     assert landed(port) == {"a", "b"}
 
 
-@needs_penctl
 def test_emergency_and_abuse_servers_switched_by_acls(four, start_pen):
     a, b, emergency, abuse = four
     pen, port, ctl = start_with_control(start_pen, "-r", "-e", emergency.spec, "-B", abuse.spec,
@@ -189,13 +189,13 @@ def test_server_change_leaves_connections_in_flight_alone(backends, start_pen):
                 data += chunk
             return json.loads(data.split(b"\r\n\r\n", 1)[1])["name"]
         assert ask() == "a"
-        assert penctl(ctl, "server", "0", "port", str(b.port), binary=None) == ""
+        assert penctl(ctl, "server", "0", "port", str(b.port)) == ""
         assert ask() == "a"                        # the same connection, the same server
         assert landed(port, 2) == {"b"}            # new connections: the new address
         assert ask() == "a"
     assert penctl(ctl, "server", "1", "address", "127.0.0.1", "port", str(a.port),
                   binary=None) == ""
-    assert f"1 addr 127.0.0.1 port {a.port}" in penctl(ctl, "servers", binary=None)
+    assert f"1 addr 127.0.0.1 port {a.port}" in penctl(ctl, "servers")
 
 
 # --- config files ---------------------------------------------------------------------------
@@ -206,7 +206,7 @@ def test_config_file_and_sighup(backends, start_pen, tmp_path):
     cfg.write_text(f"# pen-lb test\nroundrobin\nserver 0 address 127.0.0.1 port {a.port}\n")
     pen, port, ctl = start_with_control(start_pen, "-F", str(cfg), servers=[b.spec])
     assert landed(port) == {"a"}
-    assert penctl(ctl, "mode", binary=None).startswith("no hash roundrobin")
+    assert penctl(ctl, "mode").startswith("no hash roundrobin")
     cfg.write_text(f"server 0 address 127.0.0.1 port {b.port}\n")
     pen.proc.send_signal(signal.SIGHUP)
     wait_for(lambda: landed(port, 2) == {"b"}, what="SIGHUP to switch server 0 to b")
@@ -216,7 +216,7 @@ def test_config_file_and_sighup(backends, start_pen, tmp_path):
     wait_for(lambda: f"{cfg}:3: blacklist: expected a number" in pen.output(),
              what="the reload error in the log")
     assert landed(port, 2) == {"b"}
-    assert penctl(ctl, "blacklist", binary=None) == "30\n"
+    assert penctl(ctl, "blacklist") == "30\n"
     assert pen.proc.poll() is None
 
 
@@ -246,13 +246,13 @@ def test_write_round_trip(four, start_pen, tmp_path):
         "-O", "idle_timeout 30", "-O", "tcp_fastclose both", "-O", "server 1 acl 3",
         servers=[a.spec + ":5:6:7:8", b.spec])
     dumped = tmp_path / "dumped.cfg"
-    assert penctl(ctl, "write", str(dumped), binary=None) == ""
+    assert penctl(ctl, "write", str(dumped)) == ""
     again, port2, ctl2 = start_with_control(start_pen, "-F", str(dumped))
     idle(ctl)
     idle(ctl2)
     for query in SETTINGS:
-        ours = penctl(ctl, query, binary=None)
-        theirs = penctl(ctl2, query, binary=None)
+        ours = penctl(ctl, query)
+        theirs = penctl(ctl2, query)
         if query == "servers":          # traffic counters are not configuration
             ours, theirs = (re.sub(r" sx \d+ rx \d+", "", t) for t in (ours, theirs))
         assert ours == theirs, query
@@ -261,12 +261,13 @@ def test_write_round_trip(four, start_pen, tmp_path):
 
 # --- the status page ------------------------------------------------------------------------
 
+@pytest.mark.c_pen
 def test_status_page_command_sigusr1_json_metrics(backends, start_pen, tmp_path):
     page = tmp_path / "status.html"
     pen, port, ctl = start_with_control(start_pen, "-w", str(page),
                                         servers=[b.spec for b in backends])
     curl_json(f"http://127.0.0.1:{port}/")
-    html = penctl(ctl, "status", binary=PENCTL if os.path.exists(PENCTL) else None)
+    html = c_penctl(ctl, "status")
     assert html.startswith("<html>") and page.read_text() == html
     for b in backends:
         assert f"<td>{b.port}</td>" in html
@@ -274,28 +275,28 @@ def test_status_page_command_sigusr1_json_metrics(backends, start_pen, tmp_path)
     page.unlink()
     pen.proc.send_signal(signal.SIGUSR1)
     wait_for(page.exists, what="SIGUSR1 to write the status page")
-    snap = json.loads(penctl(ctl, "status", "json", binary=None))
+    snap = json.loads(penctl(ctl, "status", "json"))
     assert [s["port"] for s in snap["servers"]] == [b.port for b in backends]
     assert snap["clients"][0]["address"] == "127.0.0.1"
     assert sum(s["received"] for s in snap["servers"]) > 0
-    ours = json.loads(penctl("--json", ctl, "status", binary=None))
+    ours = json.loads(penctl("--json", ctl, "status"))
     assert ours["servers"][0]["address"] == "127.0.0.1"
-    metrics = penctl(ctl, "metrics", binary=None)
+    metrics = penctl(ctl, "metrics")
     assert f'pen_server_up{{server="0",address="127.0.0.1",port="{backends[0].port}"}} 1' in metrics
-    assert penctl(ctl, "status", "prometheus", binary=None).startswith("# HELP pen_up")
-    servers = json.loads(penctl("--json", ctl, "servers", binary=None))
+    assert penctl(ctl, "status", "prometheus").startswith("# HELP pen_up")
+    servers = json.loads(penctl("--json", ctl, "servers"))
     assert [s["port"] for s in servers] == [b.port for b in backends]
 
 
 # --- exit, root, sockets ----------------------------------------------------------------------
 
-@needs_penctl
+@pytest.mark.c_pen
 def test_exit_only_with_X(backends, start_pen):
     pen, port, ctl = start_with_control(start_pen, servers=[backends[0].spec])
-    assert penctl(ctl, "exit") == "exit: not allowed (start pen with -X)\n"
+    assert c_penctl(ctl, "exit") == "exit: not allowed (start pen with -X)\n"
     assert pen.proc.poll() is None and landed(port, 1) == {"a"}
     pen2, port2, ctl2 = start_with_control(start_pen, "-X", servers=[backends[0].spec])
-    assert penctl(ctl2, "exit") == ""
+    assert c_penctl(ctl2, "exit") == ""
     assert pen2.proc.wait(20) == 0
 
 
@@ -307,7 +308,7 @@ def test_root_without_u_gets_no_control_port():
     assert "won't open a control port running as root" in line and "-u" in line
 
 
-@needs_penctl
+@pytest.mark.c_pen
 def test_unix_control_socket_is_private_and_removed(backends, start_pen, tmp_path):
     path = tmp_path / "ctl"
     pen, port, ctl = start_with_control(start_pen, servers=[backends[0].spec], unix=str(path))
@@ -315,7 +316,7 @@ def test_unix_control_socket_is_private_and_removed(backends, start_pen, tmp_pat
     wait_for(lambda: penctl_ok(str(path)), what="the control socket to answer")
     mode = path.stat().st_mode
     assert stat.S_ISSOCK(mode) and stat.S_IMODE(mode) == 0o600
-    assert penctl(str(path), "control") == f"{path}\n"
+    assert c_penctl(str(path), "control") == f"{path}\n"
     assert pen.stop() == 0
     assert not path.exists()
 
@@ -325,7 +326,7 @@ def test_bare_port_warns_without_acl(backends, start_pen):
     pen, _ = start_pen(*USER, "-C", str(port), servers=[backends[0].spec])
     wait_for(lambda: penctl_ok(f"127.0.0.1:{port}"), what="the control port")
     assert "reachable beyond loopback" in pen.output()
-    assert penctl(f"127.0.0.1:{port}", "control", binary=None) == f"0.0.0.0:{port}\n"
+    assert penctl(f"127.0.0.1:{port}", "control") == f"0.0.0.0:{port}\n"
 
 
 # --- bad control clients never hurt the balancer -------------------------------------------------
@@ -402,16 +403,16 @@ def test_connection_and_close(backends, start_pen):
             chunk = keep.recv(65536)
             assert chunk, reply
             reply += chunk
-        [conn] = json.loads(penctl(ctl, "status", "json", binary=None))["connections"]
-        text = penctl(ctl, "connection", str(conn["id"]), binary=None)
+        [conn] = json.loads(penctl(ctl, "status", "json"))["connections"]
+        text = penctl(ctl, "connection", str(conn["id"]))
         client = f"127.0.0.1:{keep.getsockname()[1]}"
         assert text.startswith(f"Connection {conn['id']}:\nstate = 1\ndownfd = -1, upfd = -1\n"
                                f"client = {client}, server = 0\npend = 0\n")
-        assert penctl(ctl, "close", str(conn["id"]), binary=None) == (
+        assert penctl(ctl, "close", str(conn["id"])) == (
             f"Forcibly closing connection {conn['id']}\n")
         assert keep.recv(65536) == b""                      # pen closed it
-    assert penctl(ctl, "connection", "999999", binary=None) == "Connection 999999: not in use\n"
-    assert penctl(ctl, "close", "999999", binary=None) == "close: no connection 999999\n"
+    assert penctl(ctl, "connection", "999999") == "Connection 999999: not in use\n"
+    assert penctl(ctl, "close", "999999") == "close: no connection 999999\n"
 
 
 @pytest.mark.root
@@ -429,9 +430,9 @@ def test_control_port_as_nobody(backends, start_pen):
     wait_for(lambda: penctl_ok(ctl), what="the control port")
     assert landed(port, 2) == {"a"}
     try:
-        assert penctl(ctl, "status", binary=None).startswith("<html>")
+        assert penctl(ctl, "status").startswith("<html>")
         for words in (["servers"], ["status", "json"], ["metrics"], ["recent"]):
-            assert penctl(ctl, *words, binary=None)
+            assert penctl(ctl, *words)
         assert page.stat().st_uid == pwd.getpwnam("nobody").pw_uid
         assert "Traceback" not in pen.output()
     finally:

@@ -5,7 +5,6 @@ recvfrom/sendto per datagram (elsewhere)."""
 
 import os
 import socket
-import time
 
 import gevent
 import pytest
@@ -16,22 +15,19 @@ from pen import commands, mmsg
 from pen.cli import parse
 from pen.sockets import bind
 from pen.udp import UdpBalancer
+from support import wait_for
 
 
 def gwait(condition, timeout=5.0, what="condition"):
     """wait_for for code under gevent: poll without blocking the hub."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        gevent.sleep(0.02)
+    return wait_for(condition, timeout, what=what, sleep=gevent.sleep)
 
 
 @pytest.fixture(params=["mmsg", "plain"])
 def balance(request):
     """balance(*argv) -> (state, balancer, port): pen -U on 127.0.0.1:<free port>."""
     if request.param == "mmsg" and not mmsg.AVAILABLE:
-        pytest.skip("recvmmsg/sendmmsg: Linux only")
+        pytest.skip("recvmmsg/sendmmsg: 64-bit Linux only (tests/unit/test_mmsg.py checks)")
     running = []
 
     def start(*argv):

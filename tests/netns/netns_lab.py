@@ -12,7 +12,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from support import wait_for as wait_until  # noqa: F401  (the netns tests use this name)
+from support import wait_for  # noqa: F401  (the netns tests import it from here)
 
 ROOT = Path(__file__).resolve().parent.parent.parent
 
@@ -134,7 +134,7 @@ class Lab:
                 raise AssertionError(f"exited {proc.returncode}: {self.output(proc)}")
             return any(line.split()[3].rsplit(":", 1)[-1] == str(port)
                        for line in self.run(ns, "ss", flag).splitlines() if line.strip())
-        wait_until(ready, what=f"port {port} in {ns}")
+        wait_for(ready, what=f"port {port} in {ns}")
 
     def stop(self, proc) -> None:
         if proc.poll() is None:

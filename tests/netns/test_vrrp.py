@@ -17,7 +17,7 @@ import sys
 import time
 
 import pytest
-from netns_lab import wait_until
+from netns_lab import wait_for
 
 pytestmark = pytest.mark.root
 
@@ -84,7 +84,7 @@ def wait_for_master(lab, members, box, timeout, keepalived_procs):
         return (holds_vip(lab, members[box]) and not holds_vip(lab, members[other])
                 and answered_by(lab, members) == own)
     try:
-        wait_until(settled, timeout=timeout, what=f"box {box} to hold the VIP and answer",
+        wait_for(settled, timeout=timeout, what=f"box {box} to hold the VIP and answer",
                    interval=0.1)
     except AssertionError:
         logs = "\n".join(f"--- {n}:\n{lab.output(p)}" for n, p in keepalived_procs.items())
@@ -119,7 +119,7 @@ def test_vip_leaves_the_box_whose_pen_died(boxes, preempt, unicast):
         print(f"VIP back on the recovered box after {time.monotonic() - back:.2f} s")
     else:
         # a leaves FAULT for BACKUP once its check passes again, and must not take the VIP
-        wait_until(lambda: lab.output(kad["a"]).count("Entering BACKUP STATE") >= 2,
+        wait_for(lambda: lab.output(kad["a"]).count("Entering BACKUP STATE") >= 2,
                    timeout=15, what="box a to leave FAULT")
         deadline = time.monotonic() + 4               # several adverts from x meanwhile
         while time.monotonic() < deadline:
@@ -138,7 +138,7 @@ def test_vip_leaves_a_box_that_dropped_off_the_segment(boxes):
 
     lab.run(members["b"], "ip", "link", "set", lab.ifname("ba"), "down")   # a is cut off
     lost = time.monotonic()
-    wait_until(lambda: holds_vip(lab, members["x"]) and answered_by(lab, members) == BOXES["x"][0],
+    wait_for(lambda: holds_vip(lab, members["x"]) and answered_by(lab, members) == BOXES["x"][0],
                timeout=15, what="box x to take over from the vanished box", interval=0.1)
     print(f"failover after box a vanished: {time.monotonic() - lost:.2f} s")
 

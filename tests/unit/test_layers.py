@@ -18,7 +18,8 @@ LAYERS = {
     "input/output": {"balancer", "tcp", "tls", "udp", "dsr", "control", "relay",
                      "transparent", "sockets", "logs", "mmsg", "workers", "vrrp"},
     "pure core": {"__init__", "state", "select", "commands", "hooks", "acl", "addr", "http",
-                  "status", "udptable", "dsr_frames", "dsr_slots", "tls_contexts", "errors"},
+                  "status", "udptable", "dsr_frames", "dsr_slots", "tls_contexts", "errors",
+                  "portable"},
 }
 RANK = {module: rank for rank, modules in enumerate(reversed(LAYERS.values()))
         for module in modules}

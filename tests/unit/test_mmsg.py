@@ -4,20 +4,45 @@
 import os
 import select
 import socket
+import struct
+import subprocess
 import sys
 
 import pytest
 
 from pen import mmsg
+from support import ROOT
+
+LINUX_64 = sys.platform.startswith("linux") and struct.calcsize("P") == 8
 
 
 @pytest.fixture(params=["mmsg", "plain"])
 def batch(request):
     if request.param == "mmsg":
         if not mmsg.AVAILABLE:
-            pytest.skip("recvmmsg/sendmmsg: Linux only")
+            pytest.skip("recvmmsg/sendmmsg: 64-bit Linux only "
+                        "(test_the_batches_load_on_64_bit_linux says if they should)")
         return mmsg.Batch()
     return mmsg.PlainBatch()
+
+
+@pytest.mark.skipif(not LINUX_64, reason="recvmmsg/sendmmsg batches: 64-bit Linux only")
+def test_the_batches_load_on_64_bit_linux():
+    """Where batches can work, a loader that fails (libc, ctypes) is a failure, not a skip."""
+    assert mmsg.AVAILABLE
+    assert isinstance(mmsg.best(), mmsg.Batch)
+
+
+def test_pen_portable_turns_the_linux_accelerations_off():
+    probe = ("from pen import mmsg, relay; "
+             "print(type(mmsg.best()).__name__, relay.SPLICE)")
+    for value, expected in (("1", "PlainBatch False"),
+                            ("0", "Batch True" if LINUX_64 else None)):
+        result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                                env=dict(os.environ, PYTHONPATH=str(ROOT), PEN_PORTABLE=value),
+                                timeout=30, check=True)
+        if expected is not None:
+            assert result.stdout.split() == expected.split()
 
 
 def udp(host="127.0.0.1", family=socket.AF_INET):
