@@ -95,6 +95,19 @@ def set_options(sock, state) -> None:
         pass
 
 
+def server_socket(server, socktype: int, client_address, hooks: list[ConnectHook]):
+    """A new non-blocking socket for talking to server on behalf of a client, shaped by
+    the connect hooks (closed again if one fails)."""
+    sock = socket.socket(server.endpoint.family, socktype | socket.SOCK_NONBLOCK)
+    try:
+        for hook in hooks:
+            hook(sock, server, client_address)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
 def source_hook(state) -> ConnectHook:
     """`source IP`: connect to the servers from a fixed local address (read on every
     connect: the setting may change while pen runs)."""

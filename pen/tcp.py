@@ -20,7 +20,7 @@ from .addr import client_ip
 from .http import ForwardedFor
 from .logs import ConnectionLog, Throttled
 from .select import candidates
-from .sockets import OUT_OF_FDS, bind, connect_within, set_options
+from .sockets import OUT_OF_FDS, bind, connect_within, server_socket, set_options
 from .state import Connection, Server, State
 
 log = logging.getLogger("pen")
@@ -66,6 +66,8 @@ class Listener:
             self.watcher.start(self.accept)
 
     def accept(self) -> None:
+        """A read callback on the listen socket: take up to max_accept clients, register
+        each as a connection (so -x counts it at once) and hand it to a worker."""
         family, balancer = self.family, self.balancer
         for _ in range(self.max_accept):
             if self.full():
@@ -139,12 +141,9 @@ class TcpBalancer:
 
     def open_upstream(self, server: Server, address):
         """A connected (and layered) stream to server for the client at address."""
-        endpoint = server.endpoint
-        sock = socket.socket(endpoint.family, socket.SOCK_STREAM | socket.SOCK_NONBLOCK)
+        sock = server_socket(server, socket.SOCK_STREAM, address, self.connect_hooks)
         try:
-            for hook in self.connect_hooks:
-                hook(sock, server, address)
-            connect_within(sock, endpoint.sockaddr, self.state.timeout)
+            connect_within(sock, server.endpoint.sockaddr, self.state.timeout)
             sock = self.wrap_upstream(sock, server)
         except BaseException:
             sock.close()

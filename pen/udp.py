@@ -30,7 +30,7 @@ from .errors import UsageError
 from .logs import ConnectionLog, Throttled
 from .mmsg import best as best_batch
 from .select import candidates
-from .sockets import bind
+from .sockets import bind, server_socket
 from .state import Server, State
 from .udptable import SessionTable, idle_limit, sweep
 
@@ -276,10 +276,8 @@ class UdpBalancer:
 
     def open_backend(self, server: Server, client):
         endpoint = server.endpoint
-        sock = socket.socket(endpoint.family, socket.SOCK_DGRAM | socket.SOCK_NONBLOCK)
+        sock = server_socket(server, socket.SOCK_DGRAM, client, self.connect_hooks)
         try:
-            for hook in self.connect_hooks:
-                hook(sock, server, client)
             if RECVERR:
                 level, option = _RECVERR[endpoint.family]
                 sock.setsockopt(level, option, 1)
