@@ -221,7 +221,9 @@ def mode(state: State, args: list) -> str:
 
 # --- servers and access lists ---------------------------------------------------------
 
-SERVER_FIELDS = ("acl", "address", "port", "max", "hard", "blacklist", "weight", "prio")
+SERVER_FIELDS = ("acl", "address", "port", "max", "hard", "blacklist", "weight", "prio",
+                 "proxy_protocol")
+PROXY_VERSIONS = ("v1", "v2", "off")
 
 
 @command("server")
@@ -236,6 +238,9 @@ def server(state: State, args: list) -> str:
     for key in changes:                # validate all before changing anything
         if key not in SERVER_FIELDS:
             raise CommandError(f"server: unknown field {key!r} (one of {', '.join(SERVER_FIELDS)})")
+    if changes.get("proxy_protocol", "off") not in PROXY_VERSIONS:
+        raise CommandError(f"server {index} proxy_protocol: expected v1, v2 or off, "
+                           f"got {changes['proxy_protocol']!r}")
     srv = state.server(index)
     if "address" in changes or "port" in changes:
         listen_port = state.listen.port if state.listen else 0
@@ -254,6 +259,30 @@ def server(state: State, args: list) -> str:
             setattr(srv, key, number(changes[key], f"server {index} {key}", -1 if key == "acl" else 0))
     if "blacklist" in changes:
         state.blacklist(srv, time.time(), number(changes["blacklist"], "blacklist", integer=False))
+    if "proxy_protocol" in changes:
+        srv.proxy_protocol = changes["proxy_protocol"]
+    return ""
+
+
+@command("proxy_protocol")
+def proxy_protocol(state: State, args: list) -> str:
+    """proxy_protocol [v1|v2|off]: send a PROXY header to every server (unless a server's
+    own `server N proxy_protocol` says otherwise)."""
+    if not _args(args, 1, "proxy_protocol [v1|v2|off]"):
+        return state.proxy_protocol
+    if args[0] not in PROXY_VERSIONS:
+        raise CommandError(f"proxy_protocol: expected v1, v2 or off, got {args[0]!r}")
+    state.proxy_protocol = args[0]
+    return ""
+
+
+setting("accept_proxy", "accept_proxy", minimum=0, echo=False)
+
+
+@command("no accept_proxy")
+def no_accept_proxy(state: State, args: list) -> str:
+    _args(args, 0, "no accept_proxy")
+    state.accept_proxy = -1
     return ""
 
 
@@ -472,6 +501,10 @@ def dump(state: State) -> str:
         lines.append(f"ssl_sni_path {state.ssl_sni_path}")
     if state.ssl_backend:
         lines.append("ssl_backend")
+    if state.proxy_protocol != "off":
+        lines.append(f"proxy_protocol {state.proxy_protocol}")
+    if state.accept_proxy >= 0:
+        lines.append(f"accept_proxy {state.accept_proxy}")
     lines += [f"web_stats {state.web_stats}" if state.web_stats else "no web_stats",
               onoff("weight"), onoff("prio")]
     return "\n".join(lines) + "\n"

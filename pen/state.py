@@ -44,6 +44,7 @@ class Server:
     failures: int = 0                    # connects (UDP: datagrams) that failed
     dgrams_sx: int = 0                   # UDP datagrams sent to the server
     dgrams_rx: int = 0                   # UDP datagrams received from the server
+    proxy_protocol: str | None = None    # v1, v2 or off; None: as state.proxy_protocol
 
     @property
     def address(self) -> str:
@@ -58,6 +59,11 @@ class Server:
     def blacklisted(self, now: float) -> bool:
         return self.blacklist_until > now
 
+    def proxy_version(self, default: str) -> int:
+        """The PROXY protocol version to send this server (0: none)."""
+        setting = self.proxy_protocol or default
+        return 0 if setting == "off" else int(setting[1])
+
     def full(self, returning: bool) -> bool:
         limit = (self.hard or self.max) if returning else self.max
         return limit > 0 and self.conn >= limit
@@ -68,6 +74,8 @@ class Server:
         if self.endpoint is not None:
             words.append(f"address {self.address} port {self.port}")
         words.append(f"max {self.max} hard {self.hard} weight {self.weight} prio {self.prio}")
+        if self.proxy_protocol is not None:
+            words.append(f"proxy_protocol {self.proxy_protocol}")
         return " ".join(words)
 
 
@@ -131,7 +139,8 @@ class Connection:
     """A connection in flight, for `connection N`, `close N` and the status page."""
 
     id: int
-    client: Any                   # (ip, port) or UNIX peer name
+    client: Any                   # (ip, port) or UNIX peer name (a PROXY header's source)
+    destination: Any = None       # the address the client reached, from a PROXY header
     server: Server | None = None
     entry: Client | None = None   # the client's slot in the client table
     started: float = field(default_factory=time.time)
@@ -189,6 +198,8 @@ class State:
         self.source: str | None = None
         self.pending_max = 100
         self.dsr_if: str | None = None
+        self.proxy_protocol = "off"          # send a PROXY header to servers: v1, v2, off
+        self.accept_proxy = -1               # take one from peers ACL N permits (-1: never)
         # TLS (-E ...): plain settings, applied by tls.py
         self.ssl_cert: str | None = None
         self.ssl_key: str | None = None

@@ -13,12 +13,14 @@ import socket
 import time
 
 import gevent
+from gevent import socket as gsocket
 from greenlet import getcurrent
 
 from . import relay, workers
 from .addr import client_ip
 from .http import ForwardedFor
 from .logs import ConnectionLog, Throttled
+from .proxy_protocol import V2_MAX, V2_SIGNATURE, ProxyError, build, needed, parse
 from .select import candidates
 from .sockets import OUT_OF_FDS, bind, connect_within, server_socket, set_options
 from .state import Connection, Server, State
@@ -139,11 +141,16 @@ class TcpBalancer:
 
     # connecting ------------------------------------------------------------------------
 
-    def open_upstream(self, server: Server, address):
-        """A connected (and layered) stream to server for the client at address."""
-        sock = server_socket(server, socket.SOCK_STREAM, address, self.connect_hooks)
+    def open_upstream(self, server: Server, conn: Connection, accepted):
+        """A connected (and layered) stream to server for conn's client; with
+        proxy_protocol, the PROXY header goes first (before a TLS handshake, too)."""
+        sock = server_socket(server, socket.SOCK_STREAM, conn.client, self.connect_hooks)
         try:
             connect_within(sock, server.endpoint.sockaddr, self.state.timeout)
+            version = server.proxy_version(self.state.proxy_protocol)
+            if version:
+                send_proxy_header(sock, version, conn.client,
+                                  conn.destination or accepted.getsockname())
             sock = self.wrap_upstream(sock, server)
         except BaseException:
             sock.close()
@@ -151,13 +158,14 @@ class TcpBalancer:
         set_options(sock, self.state)
         return sock
 
-    def connect_server(self, ip, address):
+    def connect_server(self, ip, conn: Connection, accepted):
         """Try servers in pen's order; blacklist each one that fails. (stream, server) or None."""
         state = self.state
+        address = conn.client
         port = address[1] if isinstance(address, tuple) else None
         for server in candidates(state, ip, port, time.time()):
             try:
-                return self.open_upstream(server, address), server
+                return self.open_upstream(server, conn, accepted), server
             except (OSError, gevent.Timeout) as e:
                 if getattr(e, "errno", None) in OUT_OF_FDS:
                     log.debug("no fd for an upstream socket: closing the client")
@@ -174,11 +182,14 @@ class TcpBalancer:
         conn.close = _closer(state, conn, getcurrent())
         accepted, upstream = client, None
         try:
+            if state.accept_proxy >= 0 and not self.take_proxy_header(conn, accepted):
+                return
+            address = conn.client
             client = self.wrap_client(accepted, address)
             if client is None:
                 return
             ip = client_ip(address)
-            found = self.connect_server(ip, address)
+            found = self.connect_server(ip, conn, accepted)
             if found is None:
                 log.info("no server for %s", address)
                 return
@@ -198,6 +209,27 @@ class TcpBalancer:
             _close(client or accepted, upstream)
             self.listener.resume()
 
+    def take_proxy_header(self, conn: Connection, sock) -> bool:
+        """accept_proxy N: a peer ACL N permits must start with a PROXY header, whose source
+        is the client from then on; from any other peer, a PROXY header in the first bytes
+        is refused. False (counted as proxy_refused) if the connection must close."""
+        state = self.state
+        trusted = state.acls.permits(state.accept_proxy, client_ip(conn.client))
+        try:
+            if not trusted:
+                if looks_like_proxy_header(sock):
+                    raise ProxyError("a PROXY header from a peer accept_proxy does not trust")
+                return True
+            header = read_proxy_header(sock, state.timeout)
+        except (ProxyError, OSError) as e:
+            state.count("proxy_refused")
+            log.info("connection %d from %s: %s", conn.id, conn.client,
+                     getattr(e, "strerror", None) or e or "PROXY header timed out")
+            return False
+        if header.source is not None:
+            conn.client, conn.destination = header.source, header.destination
+        return True
+
     def relay(self, conn: Connection, client, upstream, ip) -> None:
         """Move the bytes both ways (with -H, -l and -d -d -d looking at them) until done."""
         state = self.state
@@ -211,6 +243,48 @@ class TcpBalancer:
                 lambda line: self.conn_log.request(ip, conn.server, line)))
         relay.Relay(client, upstream, state.idle_timeout, conn.to_server, conn.to_client,
                     transform, state.tcp_fastclose, reply).run()
+
+
+def read_proxy_header(sock, timeout: float):
+    """The PROXY header at the start of a non-blocking socket, within timeout seconds.
+    Peeks, then takes only the header's bytes: what follows is the client's."""
+    deadline = time.monotonic() + timeout
+    taken = b""
+    while True:
+        try:
+            data = sock.recv(V2_MAX, socket.MSG_PEEK)
+        except BlockingIOError:
+            data = None
+        if data == b"":
+            raise ProxyError("closed before its PROXY header ended")
+        if data:
+            # needed() never counts a byte past the header: take what is the header's
+            take = min(len(data), needed(taken + data) - len(taken))
+            taken += sock.recv(take)
+            header = parse(taken)
+            if header is not None:
+                return header
+            continue
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise ProxyError(f"no PROXY header within {timeout:g}s")
+        gsocket.wait_read(sock.fileno(), left, timeout_exc=ProxyError(
+            f"no PROXY header within {timeout:g}s"))
+
+
+def looks_like_proxy_header(sock) -> bool:
+    """Do the bytes already here start a PROXY header? (Never waits for them.)"""
+    try:
+        data = sock.recv(len(V2_SIGNATURE), socket.MSG_PEEK)
+    except BlockingIOError:
+        return False
+    return data.startswith((b"PROXY ", V2_SIGNATURE))
+
+
+def send_proxy_header(sock, version: int, client, destination) -> None:
+    header = build(version, client, destination)
+    if sock.send(header) != len(header):            # a new connection's buffer is empty
+        raise OSError(f"PROXY header: sent part of {len(header)} bytes")
 
 
 class _Tap:

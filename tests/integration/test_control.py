@@ -227,7 +227,7 @@ def test_config_file_error_at_start_names_file_and_line(tmp_path):
     assert result.returncode == 1
     assert result.stderr.strip().splitlines() == [
         f"pen: -F {cfg}:3: server: unknown field 'colour' "
-        "(one of acl, address, port, max, hard, blacklist, weight, prio)"]
+        "(one of acl, address, port, max, hard, blacklist, weight, prio, proxy_protocol)"]
     missing = run_pen("-F", str(tmp_path / "none.cfg"), f"127.0.0.1:{free_port()}", "127.0.0.1:1")
     assert missing.returncode == 1 and "none.cfg: No such file or directory" in missing.stderr
 

@@ -105,6 +105,26 @@ def test_write_reproduces_the_running_configuration(tmp_path):
     assert again.acls.commands() == state.acls.commands()
 
 
+def test_proxy_protocol_settings_are_commands_that_write_keeps(tmp_path):
+    state = state_from("8080", "127.0.0.1:81", "127.0.0.1:82")
+    assert ask(state, "proxy_protocol") == "off"
+    assert ask(state, "proxy_protocol v2") == ""
+    assert ask(state, "server 1 proxy_protocol off") == ""
+    assert ask(state, "accept_proxy 3") == ""
+    assert [s.proxy_version(state.proxy_protocol) for s in state.servers] == [2, 0]
+    before = ask(state, "servers")
+    assert "proxy_protocol" not in before          # pen's servers line stays pen's
+    assert ask(state, "proxy_protocol v3") == "proxy_protocol: expected v1, v2 or off, got 'v3'\n"
+    assert ask(state, "server 0 proxy_protocol yes").startswith("server 0 proxy_protocol: expected")
+    target = tmp_path / "pen.cfg"
+    ask(state, f"write {target}")
+    again = state_from("8080")
+    commands.run_file(again, str(target))
+    assert (again.proxy_protocol, again.accept_proxy) == ("v2", 3)
+    assert [s.proxy_protocol for s in again.servers] == [None, "off"]
+    assert ask(again, "no accept_proxy") == "" and again.accept_proxy == -1
+
+
 def test_config_file_errors_name_file_and_line(tmp_path):
     cfg = tmp_path / "bad.cfg"
     cfg.write_text("# comment\nhash\nblacklist soon\n")
