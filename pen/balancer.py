@@ -24,9 +24,13 @@ class Balancer(Protocol):
     def start(self) -> None:
         """Take clients: connections, datagrams or frames."""
 
-    def close(self) -> None:
+    def close(self, drain: bool = False) -> None:
         """Take no more clients. TCP connections in flight go on (the runtime drains
-        them); UDP sessions and DSR end, as nothing can answer their clients any more."""
+        them); UDP sessions end too unless drain (an upgrade: the listen socket stays
+        open for their answers); DSR ends."""
+
+    def listening_socket(self):
+        """The socket clients reach us on (handed to a new copy by an upgrade)."""
 
     def relisten(self, endpoint) -> None:
         """`listen ADDR`: take clients there instead. UsageError if the address cannot be

@@ -7,8 +7,11 @@ commands.execute, so the command line, -O, -F files and the control port share o
 from __future__ import annotations
 
 import getopt
+import os
+import signal
 import socket
 import sys
+import time
 
 from . import __version__, commands
 from .addr import AddressError, ServerSpec, parse_listen, parse_server, resolve
@@ -43,6 +46,7 @@ options: -b sec blacklist [30]  -c N clients [2048]  -e host:port emergency
   -t sec connect timeout [3]  -u user  -w file status page  -x N max connections [500]
   -N hash without tracking (-h -r)  -D -P -Q -n -S N: accepted and ignored, as in pen 0.34
   TLS: -E cert -K key -G cafile -A cadir -R -L ssl23|tls1|tls1.1|tls1.2|tls1.3 -Z
+  pen --upgrade -p PIDFILE [-t S]   (SIGUSR2: a new copy takes over, nothing dropped)
   pen --version   pen --help
 See `man pen` for details; pen-lb follows it."""
 
@@ -55,7 +59,7 @@ def _count(opt: str, value: str, minimum: int = 0) -> int:
 
 def parse(argv: list[str]) -> tuple[State, Options]:
     """argv (without the program name) -> State and Options; raises UsageError."""
-    state, opts = State(), Options()
+    state, opts = State(), Options(argv=list(argv), cwd=os.getcwd())
     if argv[:1] == ["--demo"]:
         opts.demo = opts.foreground = True
         return state, opts
@@ -157,6 +161,44 @@ def apply(state: State, lines: list[tuple[str, str]]) -> None:
             raise UsageError(f"{origin}: {e}") from None
 
 
+def upgrade_running(args: list[str]) -> int:
+    """pen --upgrade -p PIDFILE [-t SECONDS]: SIGUSR2 to the pen the pid file names, then
+    wait until the file names the new copy (it writes it once it serves)."""
+    try:
+        pairs, rest = getopt.getopt(args, "p:t:")
+    except getopt.GetoptError as e:
+        raise UsageError(f"--upgrade: {e.msg}") from None
+    given = dict(pairs)
+    if rest or "-p" not in given:
+        raise UsageError("usage: pen --upgrade -p PIDFILE [-t SECONDS]")
+    pidfile, timeout = given["-p"], _count("-t", given.get("-t", "60"), 1)
+    old = _pid_in(pidfile)
+    if old is None:
+        raise UsageError(f"--upgrade: -p {pidfile}: no pid in it")
+    try:
+        os.kill(old, signal.SIGUSR2)
+    except OSError as e:
+        raise UsageError(f"--upgrade: pid {old}: {e.strerror}") from None
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        new = _pid_in(pidfile)
+        if new not in (None, old):
+            print(f"pen: upgraded: pid {old} hands over to pid {new}")
+            return 0
+        time.sleep(0.1)
+    raise UsageError(f"--upgrade: no new copy took over within {timeout}s; "
+                     f"pid {old} serves on (its log says why)")
+
+
+def _pid_in(path: str) -> int | None:
+    try:
+        with open(path) as f:
+            text = f.read().strip()
+    except OSError as e:
+        raise UsageError(f"--upgrade: -p {path}: {e.strerror}") from None
+    return int(text) if text.isdigit() else None
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if not argv or argv[0] in ("--help", "-?"):
@@ -166,6 +208,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"pen-lb {__version__}")
         return 0
     try:
+        if argv[0] == "--upgrade":
+            return upgrade_running(argv[1:])
         state, opts = parse(argv)
         return run(state, opts)
     except UsageError as e:

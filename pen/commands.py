@@ -277,6 +277,7 @@ def proxy_protocol(state: State, args: list) -> str:
 
 
 setting("accept_proxy", "accept_proxy", minimum=0, echo=False)
+setting("upgrade_grace", "upgrade_grace", integer=False, echo=False)
 
 
 @command("no accept_proxy")
@@ -505,6 +506,8 @@ def dump(state: State) -> str:
         lines.append(f"proxy_protocol {state.proxy_protocol}")
     if state.accept_proxy >= 0:
         lines.append(f"accept_proxy {state.accept_proxy}")
+    if state.upgrade_grace != 30:
+        lines.append(f"upgrade_grace {show(state.upgrade_grace)}")
     lines += [f"web_stats {state.web_stats}" if state.web_stats else "no web_stats",
               onoff("weight"), onoff("prio")]
     return "\n".join(lines) + "\n"

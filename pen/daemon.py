@@ -66,6 +66,18 @@ def write_pidfile(path: str) -> None:
         raise DaemonError(f"-p {path}: {e.strerror}") from None
 
 
+def remove_pidfile(path: str | None) -> None:
+    """Remove the pid file if it still names this process (after an upgrade it names the
+    new one; a new copy that failed to start never wrote it)."""
+    try:
+        with open(path or "") as f:
+            ours = f.read().strip() == str(os.getpid())
+    except OSError:
+        return
+    if ours:
+        remove_file(path)
+
+
 def remove_file(path: str | None) -> None:
     if path:
         try:

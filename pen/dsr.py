@@ -289,7 +289,10 @@ class Forwarder:
     def relisten(self, endpoint) -> None:
         raise CommandError("listen: in DSR mode the virtual IP is fixed at start")
 
-    def close(self) -> None:
+    def listening_socket(self):
+        return self.sock
+
+    def close(self, drain: bool = False) -> None:
         for loop in self.loops:
             loop.kill(block=False)
         self.sock.close()

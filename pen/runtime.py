@@ -14,16 +14,29 @@ import os
 import signal
 import socket
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import gevent
 from gevent import socket as gsocket
 from gevent.event import Event
 
-from . import balancer, commands, control, daemon, demo, dsr, status, tls_contexts, transparent, udp
+from . import (
+    balancer,
+    commands,
+    control,
+    daemon,
+    demo,
+    dsr,
+    status,
+    tls_contexts,
+    transparent,
+    udp,
+    upgrade,
+)
 from .addr import AddressError, Endpoint
 from .errors import CommandError, UsageError
 from .logs import ConnectionLog, set_debug, setup_logging
+from .notify import notify
 from .sockets import bind, source_hook
 from .state import State
 
@@ -43,19 +56,27 @@ class Options:
     backlog: int = 0
     multi_accept: int = 100
     demo: bool = False
+    argv: list = field(default_factory=list)    # as given: an upgrade starts pen with it
+    cwd: str = "/"                               # where it was given (relative paths)
 
 
 class Runtime:
     """The running process: one balancer, the control server (-C), the -l log, signals.
 
-    Built whole from sockets run() bound before privileges were dropped; serve() runs
-    until SIGTERM/SIGINT or `exit`, then drains."""
+    Built whole from sockets run() bound before privileges were dropped (or an upgrade
+    handed over: inheritance); serve() runs until SIGTERM/SIGINT, `exit` or a successful
+    upgrade (SIGUSR2), then drains."""
 
     running = True
 
     def __init__(self, state: State, opts: Options, listen_sock, contexts=None,
-                 control_sock=None, started=None) -> None:
+                 control_sock=None, started=None, inheritance=None) -> None:
         self.state = state
+        self.opts = opts
+        self.inheritance = inheritance   # upgrade.Inheritance: tell the old copy we serve
+        self.upgrading = False
+        self.handed_off = False          # a new copy serves: leave it the shared files
+        self.grace = GRACE
         self.stopping = Event()
         self.conn_log = ConnectionLog()
         self.started = started    # daemon's report to the waiting parent, or None
@@ -124,10 +145,18 @@ class Runtime:
         gevent.signal_handler(signal.SIGINT, self.shutdown)
         gevent.signal_handler(signal.SIGHUP, self.reload)
         gevent.signal_handler(signal.SIGUSR1, self.report)
+        gevent.signal_handler(signal.SIGUSR2, self.upgrade)
         self.balancer.start()
         if self.control is not None:
             self.control.start()
         log.info("pen-lb listening on %s, %d servers", state.listen, len(state.servers))
+        if self.inheritance is not None:          # an upgrade: the old copy may retire now
+            if self.opts.pidfile:
+                daemon.write_pidfile(self.opts.pidfile)
+            self.inheritance.ready()
+            notify(f"MAINPID={os.getpid()}", "READY=1")
+        else:
+            notify("READY=1")
         # What start-up built lives as long as we do: not the GC's work. A connection leaves
         # no cycles behind, so the young generation is collected 30x less often than by
         # default (it was a tenth of the user time per new connection).
@@ -139,20 +168,23 @@ class Runtime:
         return self.drain()
 
     def drain(self) -> int:
-        """Stop accepting, give connections in flight GRACE seconds, then close them."""
-        self.balancer.close()
+        """Stop accepting, give connections in flight their grace (GRACE seconds, or
+        upgrade_grace after an upgrade), then close them."""
+        if not self.handed_off:
+            notify("STOPPING=1")
+        self.balancer.close(drain=self.handed_off)
         if self.control is not None:
             self.control.close()
-            if self.state.control.is_unix:
+            if self.state.control.is_unix and not self.handed_off:
                 daemon.remove_file(self.state.control.path)
-        deadline = time.monotonic() + GRACE
+        deadline = time.monotonic() + self.grace
         while self.state.connections and time.monotonic() < deadline:
             gevent.sleep(0.05)
         for conn in list(self.state.connections.values()):
             if conn.close:
                 conn.close()
         gevent.sleep(0)
-        if self.state.listen and self.state.listen.is_unix:
+        if self.state.listen and self.state.listen.is_unix and not self.handed_off:
             daemon.remove_file(self.state.listen.path)
         log.info("pen-lb exiting")
         return 0
@@ -160,6 +192,7 @@ class Runtime:
     def reload(self) -> None:
         """SIGHUP: reopen the -l log, re-read the -F file (all or nothing), reload TLS."""
         log.info("SIGHUP: reopening the log")
+        notify("RELOADING=1")
         try:
             self.open_log()
         except CommandError as e:
@@ -174,6 +207,42 @@ class Runtime:
             self.reload_tls()
         except CommandError as e:
             log.error("%s", e)
+        notify("READY=1")
+
+    def upgrade(self) -> None:
+        """SIGUSR2: start a new copy of pen and hand it the sockets and client table; once
+        it serves, retire (stop accepting, drain for upgrade_grace seconds, exit)."""
+        if self.upgrading:
+            log.warning("SIGUSR2: an upgrade is already in progress; ignored")
+            return
+        if self.opts.chroot:
+            log.error("SIGUSR2: a new copy cannot start inside the -j chroot; "
+                      "restart pen instead")
+            return
+        self.upgrading = True
+        gevent.spawn(self._upgrade)
+
+    def _upgrade(self) -> None:
+        sockets = {f"listen {self.state.listen}": self.balancer.listening_socket()}
+        if self.control is not None:
+            sockets[f"control {self.state.control}"] = self.control.socket
+        try:
+            process, pair = upgrade.start_successor(self.opts.argv, self.opts.cwd, sockets,
+                                                    self.state)
+            log.warning("SIGUSR2: started pid %d with the listening sockets and %d clients",
+                        process.pid, len(self.state.clients))
+            upgrade.wait_ready(process, pair)
+        except upgrade.UpgradeError as e:
+            log.error("SIGUSR2: the new copy did not take over: %s; pid %d serves on", e,
+                      os.getpid())
+            self.upgrading = False
+            return
+        log.warning("SIGUSR2: pid %d serves; pid %d stops accepting and gives its %d "
+                    "connections %gs to finish", process.pid, os.getpid(),
+                    len(self.state.connections), self.state.upgrade_grace)
+        self.handed_off = True
+        self.grace = self.state.upgrade_grace
+        self.stopping.set()
 
     def report(self) -> None:
         """SIGUSR1: write the -w status page (or, without -w, log the servers)."""
@@ -215,11 +284,13 @@ def tls_contexts_for(state: State):
 def run(state: State, opts: Options) -> int:
     """Start pen; a user's mistake found on the way is a UsageError (one line, exit 1)."""
     # The listener takes connections (into its backlog) before serve() installs the signal
-    # handlers: until then a HUP (logrotate) or USR1 must not kill pen by default action.
-    for sig in (signal.SIGHUP, signal.SIGUSR1):
+    # handlers: until then a HUP (logrotate), USR1 or USR2 must not kill pen by default action.
+    for sig in (signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2):
         signal.signal(sig, signal.SIG_IGN)
     report = None                 # after daemonizing: tells the waiting parent how it went
+    inheritance = None            # started by an upgrade: what the old copy handed over
     try:
+        inheritance = upgrade.inherit()
         if opts.demo:
             demo.prepare(state)
         setup_logging(state.debug, opts.foreground)
@@ -229,30 +300,41 @@ def run(state: State, opts: Options) -> int:
                              "use -u USER to drop privileges (-u root forces it)")
         if state.udp:
             udp.check(state)
-        listen_sock = (dsr.open_socket(state) if state.dsr_if
-                       else bind(state.listen, socktype(state), backlog=opts.backlog))
+        listen_sock = inheritance and inheritance.take(f"listen {state.listen}")
+        if listen_sock is None:
+            listen_sock = (dsr.open_socket(state) if state.dsr_if
+                           else bind(state.listen, socktype(state), backlog=opts.backlog))
         check_transparent(state)              # before daemonizing, while stderr is the user's
         contexts = tls_contexts_for(state)
-        control_sock = control.open_socket(state.control) if state.control is not None else None
-        if control_sock is not None:
-            control.warn_if_exposed(state, state.control)
-        if not opts.foreground:
+        control_sock = None
+        if state.control is not None:
+            control_sock = inheritance and inheritance.take(f"control {state.control}")
+            if control_sock is None:
+                control_sock = control.open_socket(state.control)
+                control.warn_if_exposed(state, state.control)
+        if inheritance is not None:
+            inheritance.restore(state)        # the old copy's client table and blacklist
+        elif not opts.foreground:             # (a new copy is detached already)
             report = daemon.daemonize()
             gevent.reinit()
         try:
-            if opts.pidfile:
+            if opts.pidfile and inheritance is None:   # a new copy writes it once it serves
                 daemon.write_pidfile(opts.pidfile)
             if opts.chroot:
                 daemon.enter_chroot(opts.chroot)
             if user is not None:
                 gevent.get_hub()      # its lazy imports must happen while Python is readable
                 daemon.drop_privileges(user)
-            runtime = Runtime(state, opts, listen_sock, contexts, control_sock, report)
+            runtime = Runtime(state, opts, listen_sock, contexts, control_sock, report,
+                              inheritance)
             state.process = runtime
             return runtime.serve()
         finally:
-            daemon.remove_file(opts.pidfile)
-    except (UsageError, AddressError, CommandError, daemon.DaemonError) as e:
+            daemon.remove_pidfile(opts.pidfile)
+    except (UsageError, AddressError, CommandError, daemon.DaemonError,
+            upgrade.UpgradeError) as e:
         if report is not None:
             report(str(e))
+        if inheritance is not None:
+            inheritance.failed(str(e))
         raise UsageError(str(e)) from None

@@ -200,6 +200,7 @@ class State:
         self.dsr_if: str | None = None
         self.proxy_protocol = "off"          # send a PROXY header to servers: v1, v2, off
         self.accept_proxy = -1               # take one from peers ACL N permits (-1: never)
+        self.upgrade_grace = 30.0            # seconds an upgraded-away copy lets connections run
         # TLS (-E ...): plain settings, applied by tls.py
         self.ssl_cert: str | None = None
         self.ssl_key: str | None = None

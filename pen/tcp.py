@@ -118,9 +118,12 @@ class TcpBalancer:
     def start(self) -> None:
         self.listener.start()
 
-    def close(self) -> None:
+    def close(self, drain: bool = False) -> None:
         """Stop accepting; connections in flight go on (the runtime drains them)."""
         self.listener.close()
+
+    def listening_socket(self):
+        return self.listener.socket
 
     def relisten(self, endpoint) -> None:
         """`listen ADDR`: accept on the new address, then stop accepting on the old one."""

@@ -373,15 +373,22 @@ class UdpBalancer:
         for session in self.table.sessions():
             session.close()
 
-    def close(self) -> None:
-        """Stop: without the listen socket no answer can reach a client, so end all."""
+    def close(self, drain: bool = False) -> None:
+        """Stop reading clients. Without the listen socket no answer can reach a client,
+        so the sessions end with it, unless drain: then they go on (and answer from the
+        listen socket, which stays open) until they expire or the runtime closes them."""
         self.closed = True
-        if self.sweeping is not None:
-            self.sweeping.kill(block=False)
         if self.reader is not None:
             self.reader.stop()
+        if drain:
+            return
+        if self.sweeping is not None:
+            self.sweeping.kill(block=False)
         self.close_sessions()
         self.sock.close()
+
+    def listening_socket(self):
+        return self.sock
 
     def relisten(self, endpoint) -> None:
         """`listen ADDR`: clients of the old address cannot be answered from the new one."""

@@ -14,7 +14,7 @@ PACKAGE = Path(__file__).resolve().parents[2] / "pen"
 # Highest first; a module imports only from its own layer or the layers below it.
 LAYERS = {
     "command line": {"__main__", "cli", "penctl", "setup_host"},
-    "process": {"runtime", "daemon", "demo"},
+    "process": {"runtime", "daemon", "demo", "upgrade", "notify"},
     "input/output": {"balancer", "tcp", "tls", "udp", "dsr", "control", "relay",
                      "transparent", "sockets", "logs", "mmsg", "workers", "vrrp"},
     "pure core": {"__init__", "state", "select", "commands", "hooks", "acl", "addr", "http",

@@ -1,0 +1,183 @@
+"""Upgrades and restarts that drop nothing (SIGUSR2): the running pen starts a new copy of
+itself (the same command line; the program found anew on disk), hands it every listening
+socket and its client table over a UNIX socket pair, and once the new copy serves, stops
+accepting and lets its own connections finish (`upgrade_grace`). A new copy that fails to
+start says why over the same pair; the old one logs it and goes on serving.
+
+The wire, old -> new: one byte carrying the sockets (SCM_RIGHTS), then a length line and a
+JSON document naming them and holding the client table and blacklist. New -> old: a line,
+`ready` or `error: WHY`.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import logging
+import os
+import socket
+import sys
+import time
+
+import gevent
+from gevent import socket as gsocket
+from gevent import subprocess as gsubprocess
+
+from .state import State
+
+log = logging.getLogger("pen")
+
+ENV = "PEN_UPGRADE_FD"
+MAX_SOCKETS = 16
+TIMEOUT = 60.0               # seconds a new copy gets to serve (imports, -F, TLS files...)
+
+
+class UpgradeError(RuntimeError):
+    pass
+
+
+# --- the old process --------------------------------------------------------------------
+
+def snapshot(state: State, names: list[str]) -> bytes:
+    """What the new copy needs besides the sockets: their names, the client table (least
+    recently used first) and the servers' blacklisting, as JSON."""
+    clients = [[str(c.ip), c.server, c.last, c.connects, c.sx, c.rx]
+               for c in state.clients if c.ip is not None]
+    blacklist = [[s.index, str(s.endpoint), s.blacklist_until]
+                 for s in state.servers if s.blacklist_until > time.time()]
+    return json.dumps({"sockets": names, "clients": clients, "blacklist": blacklist}).encode()
+
+
+def start_successor(argv: list[str], cwd: str, sockets: dict[str, socket.socket],
+                    state: State):
+    """Start the new copy and hand it the sockets and the state; returns (process, the
+    old side of the pair) for wait_ready()."""
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    names = list(sockets)
+    try:
+        env = dict(os.environ, **{ENV: str(theirs.fileno())})
+        # gevent's Popen: the hub reaps a copy that fails
+        process = gsubprocess.Popen([sys.executable, "-m", "pen", *argv], cwd=cwd, env=env,
+                                    pass_fds=[theirs.fileno()], stdin=gsubprocess.DEVNULL)
+    finally:
+        theirs.close()
+    try:
+        socket.send_fds(ours, [b"S"], [sockets[n].fileno() for n in names])
+        document = snapshot(state, names)
+        ours.sendall(b"%d\n" % len(document) + document)
+    except OSError as e:
+        ours.close()
+        raise UpgradeError(f"handing over to pid {process.pid}: {e.strerror}") from None
+    return process, ours
+
+
+def wait_ready(process, pair: socket.socket, timeout: float = TIMEOUT) -> None:
+    """Return once the new copy serves; UpgradeError with its reason otherwise."""
+    sock = gsocket.socket(fileno=pair.detach())
+    answer = b""
+    try:
+        with gevent.Timeout(timeout, UpgradeError(f"pid {process.pid} did not serve within "
+                                                  f"{timeout:g}s")):
+            while b"\n" not in answer and len(answer) < 4096:
+                try:
+                    chunk = sock.recv(4096)
+                except OSError:            # it exited with our bytes unread: a reset
+                    chunk = b""
+                if not chunk:
+                    break
+                answer += chunk
+    finally:
+        sock.close()
+    line = answer.split(b"\n", 1)[0].decode(errors="replace")
+    if line == "ready":
+        return
+    if process.poll() is None and not line:
+        process.kill()
+    raise UpgradeError(line.removeprefix("error: ") if line else
+                       f"pid {process.pid} exited ({process.wait()}) before serving")
+
+
+# --- the new process --------------------------------------------------------------------
+
+class Inheritance:
+    """What a new copy received: sockets by name, the old client table and blacklist."""
+
+    def __init__(self, pair: socket.socket, sockets: dict[str, socket.socket],
+                 document: dict) -> None:
+        self.pair = pair
+        self.sockets = sockets
+        self.document = document
+
+    def take(self, name: str) -> socket.socket | None:
+        sock = self.sockets.pop(name, None)
+        if sock is not None:
+            sock.setblocking(False)
+        return sock
+
+    def restore(self, state: State) -> None:
+        """The old client table (a client keeps its server) and blacklist, into state."""
+        for ip, server, last, connects, sx, rx in self.document.get("clients", []):
+            try:
+                key = ipaddress.ip_address(ip)
+            except ValueError:
+                continue
+            entry = state.clients.touch(key, last)
+            entry.server, entry.connects, entry.sx, entry.rx = server, connects, sx, rx
+        for index, address, until in self.document.get("blacklist", []):
+            if index < len(state.servers) and str(state.servers[index].endpoint) == address:
+                state.servers[index].blacklist_until = until
+        for sock in self.sockets.values():            # addresses the new config dropped
+            sock.close()
+        self.sockets.clear()
+
+    def ready(self) -> None:
+        self._say("ready")
+
+    def failed(self, reason: str) -> None:
+        self._say(f"error: {reason}")
+
+    def _say(self, line: str) -> None:
+        if self.pair is None:
+            return
+        try:
+            self.pair.sendall(line.encode()[:4000] + b"\n")
+        except OSError:
+            pass
+        self.pair.close()
+        self.pair = None
+
+
+def inherit() -> Inheritance | None:
+    """In a new copy started by an upgrade: receive what the old one hands over (blocking:
+    this runs at start-up, before the hub). None when this is not an upgrade."""
+    fd = os.environ.pop(ENV, None)
+    if fd is None:
+        return None
+    pair = socket.socket(fileno=int(fd))
+    pair.settimeout(TIMEOUT)
+    try:
+        _, fds, _, _ = socket.recv_fds(pair, 1, MAX_SOCKETS)
+        length = b""
+        while not length.endswith(b"\n"):
+            byte = pair.recv(1)
+            if not byte or len(length) > 20:
+                raise UpgradeError("the old process sent no state")
+            length += byte
+        size, data = int(length), b""
+        while len(data) < size:
+            chunk = pair.recv(min(1 << 20, size - len(data)))
+            if not chunk:
+                raise UpgradeError("the old process's state ended early")
+            data += chunk
+        document = json.loads(data)
+    except (OSError, ValueError) as e:
+        pair.close()
+        raise UpgradeError(f"upgrade: receiving the sockets: {e}") from None
+    names = document.get("sockets", [])
+    if len(names) != len(fds):
+        for fd in fds:
+            os.close(fd)
+        pair.close()
+        raise UpgradeError(f"upgrade: {len(fds)} sockets for {len(names)} names")
+    return Inheritance(pair, {name: socket.socket(fileno=fd)
+                              for name, fd in zip(names, fds, strict=True)}, document)
