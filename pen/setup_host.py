@@ -19,6 +19,8 @@ import subprocess
 import sys
 from dataclasses import dataclass
 
+from . import service, vrrp
+
 MARK = "1"
 TABLE = "100"
 
@@ -193,12 +195,14 @@ def undo(all_steps: list[Step], state_file: str, dry_run: bool = False, out=None
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["vrrp"]:
-        from pen import vrrp
         return vrrp.main(argv[1:])
+    if argv[:1] == ["service"]:
+        return service.main(argv[1:])
     parser = argparse.ArgumentParser(prog="pen-setup",
                                      description="prepare the host for pen's transparent mode "
-                                     "(or `pen-setup vrrp --help`: keepalived for pen's VIP)")
-    parser.add_argument("feature", choices=["transparent", "vrrp"])
+                                     "(or `pen-setup vrrp --help`: keepalived for pen's VIP; "
+                                     "`pen-setup service NAME [pen arguments]`: a systemd unit)")
+    parser.add_argument("feature", choices=["transparent", "vrrp", "service"])
     parser.add_argument("--undo", action="store_true", help="remove what pen-setup added")
     parser.add_argument("--dry-run", action="store_true", help="print, change nothing")
     parser.add_argument("--family", choices=["4", "6", "both"], default="both")

@@ -13,7 +13,7 @@ PACKAGE = Path(__file__).resolve().parents[2] / "pen"
 
 # Highest first; a module imports only from its own layer or the layers below it.
 LAYERS = {
-    "command line": {"__main__", "cli", "penctl", "setup_host"},
+    "command line": {"__main__", "cli", "penctl", "setup_host", "service"},
     "process": {"runtime", "daemon", "demo", "upgrade", "notify"},
     "input/output": {"balancer", "tcp", "tls", "udp", "dsr", "control", "relay",
                      "transparent", "sockets", "logs", "mmsg", "workers", "vrrp"},
