@@ -271,6 +271,9 @@ def run(state: State, opts: Options) -> int:
         try:
             if opts.pidfile:
                 daemon.write_pidfile(opts.pidfile)
+            for endpoint in (state.listen, state.control):   # removed on exit, even in -j
+                daemon.keep_removable(endpoint.path if endpoint else None)
+            daemon.keep_removable(opts.pidfile)
             if opts.chroot:
                 daemon.enter_chroot(opts.chroot)
             if user is not None:

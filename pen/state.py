@@ -153,7 +153,7 @@ class State:
         self.servers: list[Server] = []
         self.emergency: Server | None = None
         self.abuse: Server | None = None
-        self.rr_cursor = -1
+        self.rr_cursor = 0            # as pen: the first round-robin pick is server 1
         # access
         self.acls = AccessLists()
         self.client_acl = 0

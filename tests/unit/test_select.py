@@ -34,20 +34,25 @@ def connect(state, ip, now=NOW):
 
 def test_new_clients_round_robin_and_tracking_keeps_them():
     state = state_with()
-    assert [connect(state, ip) for ip in (A, B, C)] == [0, 1, 2]
-    assert [connect(state, ip) for ip in (A, B, C)] == [0, 1, 2]
+    # as pen (its last_server starts at 0): the first pick is server 1
+    assert [connect(state, ip) for ip in (A, B, C)] == [1, 2, 0]
+    assert [connect(state, ip) for ip in (A, B, C)] == [1, 2, 0]
 
 
 def test_roundrobin_ignores_the_client_table():
     state = state_with(roundrobin=True)
-    assert [connect(state, A) for _ in range(4)] == [0, 1, 2, 0]
+    assert [connect(state, A) for _ in range(4)] == [1, 2, 0, 1]
+
+
+def test_round_robin_with_one_server_picks_it():
+    assert first(state_with(1)) == 0
 
 
 def test_tracking_time_forgets_old_clients():
     state = state_with(tracking=10)
-    assert connect(state, A) == 0
-    assert connect(state, A, now=NOW + 5) == 0
-    assert connect(state, A, now=NOW + 100) == 1
+    assert connect(state, A) == 1
+    assert connect(state, A, now=NOW + 5) == 1
+    assert connect(state, A, now=NOW + 100) == 2
 
 
 def test_client_table_evicts_least_recently_used():
@@ -70,7 +75,7 @@ def test_failover_goes_to_the_next_servers_in_order_then_emergency():
         tried.append(server.index)
         if server.index >= 0:
             state.blacklist(server, NOW)
-    assert tried == [0, 1, 2, -1]
+    assert tried == [1, 2, 0, -1]
 
 
 def test_blacklisted_server_is_skipped_until_the_time_is_up():
@@ -82,8 +87,24 @@ def test_blacklisted_server_is_skipped_until_the_time_is_up():
 
 def test_stubborn_never_fails_over():
     state = state_with(stubborn=True)
+    state.emergency = state_with(1).servers[0]
     order = list(candidates(state, A, 1, NOW))
-    assert [s.index for s in order] == [0]
+    assert [s.index for s in order] == [1]
+
+
+def test_stubborn_closes_a_client_whose_server_is_unavailable():
+    """man pen: "if the initial choice is unavailable, the client connection is closed
+    without trying another server"; without -s the client goes to another server."""
+    state = state_with(stubborn=True)
+    state.emergency = state_with(1).servers[0]
+    state.clients.touch(A, NOW).server = 2
+    assert first(state, A) == 2
+    state.blacklist(state.servers[2], NOW)
+    assert list(candidates(state, A, 1, NOW)) == []
+    state.servers[2].blacklist_until, state.servers[2].max, state.servers[2].conn = 0, 1, 1
+    assert list(candidates(state, A, 1, NOW)) == []         # full (hard = max): unavailable
+    state.stubborn = False
+    assert first(state, A) in (0, 1)
 
 
 def test_hash_is_predictable_per_client_ip():
@@ -105,7 +126,10 @@ def test_prio_prefers_the_lowest_number_available():
     state = state_with(prio=True, roundrobin=True)
     for server, prio in zip(state.servers, [2, 1, 1], strict=True):
         server.prio = prio
-    assert first(state) in (1, 2)
+    # as pen: of servers with equal prio, always the first in order
+    assert [first(state, ip) for ip in (A, B, C, A)] == [1, 1, 1, 1]
+    state.blacklist(state.servers[1], NOW)
+    assert first(state) == 2
     state.blacklist(state.servers[1], NOW)
     state.blacklist(state.servers[2], NOW)
     assert first(state) == 0
@@ -128,7 +152,7 @@ def test_client_acl_sends_denied_clients_to_the_abuse_server():
     state.client_acl = 1
     state.abuse = state_with(1).servers[0]
     state.abuse.index = -2
-    assert first(state, A) == 0
+    assert first(state, A) == 1
     assert first(state, B) == -2
     state.abuse = None
     assert first(state, B) is None
