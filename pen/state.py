@@ -6,7 +6,7 @@ besides the I/O layer's counters, and selection (select.py) the main reader.
 
 from __future__ import annotations
 
-import itertools
+import heapq
 import time
 from collections import Counter, OrderedDict
 from dataclasses import dataclass, field
@@ -37,14 +37,26 @@ class Server:
     dgrams_rx: int = 0                   # UDP datagrams received from the server
 
     @property
-    def address(self) -> str:
+    def name(self) -> str:
+        """The address as the user gave it (a host name stays a name)."""
         if self.endpoint is None:
             return "0.0.0.0"
         return self.endpoint.path or self.endpoint.host or "0.0.0.0"
 
     @property
+    def address(self) -> str:
+        """The address as pen shows it: resolved (a UNIX socket: its path)."""
+        endpoint = self.endpoint
+        return endpoint.address if endpoint is not None and endpoint.sockaddr else self.name
+
+    @property
     def port(self) -> int:
         return self.endpoint.port if self.endpoint else 0
+
+    @property
+    def listed_port(self) -> int:
+        """The port `servers` and the status page show: pen shows 1 for a UNIX socket."""
+        return 1 if self.endpoint is not None and self.endpoint.is_unix else self.port
 
     def blacklisted(self, now: float) -> bool:
         return self.blacklist_until > now
@@ -57,7 +69,7 @@ class Server:
         """The `server N ...` command that recreates this server."""
         words = [f"server {self.index} acl {self.acl}"]
         if self.endpoint is not None:
-            words.append(f"address {self.address} port {self.port}")
+            words.append(f"address {self.name} port {self.port}")
         words.append(f"max {self.max} hard {self.hard} weight {self.weight} prio {self.prio}")
         return " ".join(words)
 
@@ -69,6 +81,7 @@ class Client:
     ip: Any
     server: int = -1
     last: float = 0.0
+    slot: int = 0                 # its number in the table (pen's client index)
     connects: int = 0
     sx: int = 0                   # bytes sent to the client (as the C pen counts them)
     rx: int = 0                   # bytes received from the client
@@ -80,6 +93,7 @@ class ClientTable:
     def __init__(self, slots: int = 2048) -> None:
         self.slots = slots
         self._clients: OrderedDict[Any, Client] = OrderedDict()
+        self._free: list[int] = []        # slot numbers given back, reused lowest first
 
     def __len__(self) -> int:
         return len(self._clients)
@@ -93,9 +107,12 @@ class ClientTable:
         if client is None:
             return None
         if tracking > 0 and now - client.last > tracking:
-            del self._clients[ip]
+            self._drop(self._clients.pop(ip))
             return None
         return client
+
+    def _drop(self, client: Client) -> None:
+        heapq.heappush(self._free, client.slot)
 
     def touch(self, ip, now: float) -> Client:
         """The client's slot, made most recently used; created (evicting the LRU one) if new."""
@@ -104,8 +121,9 @@ class ClientTable:
             if self.slots <= 0:
                 return Client(ip, last=now)          # a table of no slots remembers nothing
             while len(self._clients) >= self.slots:
-                self._clients.popitem(last=False)
-            client = self._clients[ip] = Client(ip)
+                self._drop(self._clients.popitem(last=False)[1])
+            slot = heapq.heappop(self._free) if self._free else len(self._clients)
+            client = self._clients[ip] = Client(ip, slot=slot)
         else:
             self._clients.move_to_end(ip)
         client.last = now
@@ -114,7 +132,7 @@ class ClientTable:
     def resize(self, slots: int) -> None:
         self.slots = slots
         while len(self._clients) > max(slots, 0):
-            self._clients.popitem(last=False)
+            self._drop(self._clients.popitem(last=False)[1])
 
     def forget_server(self, index: int) -> None:
         for client in self._clients.values():
@@ -133,6 +151,9 @@ class Connection:
     sx: int = 0                   # bytes sent to the server
     rx: int = 0                   # bytes received from the server
     close: Callable[[], None] | None = None
+    downfd: int = -1              # the client's socket, for `connection N` as pen shows it
+    upfd: int = -1                # the server's
+    entry: Client | None = None   # its slot in the client table, once a server is chosen
 
 
 class State:
@@ -159,6 +180,7 @@ class State:
         self.client_acl = 0
         self.control_acl = 0
         self.tarpit_acl = -1
+        self.geoip_database: str | None = None   # .mmdb for country entries
         # relaying
         self.http = False
         self.idle_timeout = 0
@@ -196,7 +218,7 @@ class State:
         # live
         self.connections: dict[int, Connection] = {}
         self.counters: Counter[str] = Counter()   # events the I/O layer counts (udp_stray...)
-        self._ids = itertools.count()
+        self._last_slot = 0           # pen's connections_last: where the next search starts
         self.runtime: Any = None      # the I/O layer's hooks (tcp.Balancer); None in pure tests
         self.started = time.time()
 
@@ -216,8 +238,18 @@ class State:
     # connections -----------------------------------------------------------
 
     def open_connection(self, client) -> Connection:
-        conn = Connection(next(self._ids), client)
-        self.connections[conn.id] = conn
+        """A connection numbered as pen numbers it: the first free slot from the last one
+        taken, wrapping at conn_max (so a lone client's connections all get slot 0)."""
+        slots, taken = max(self.conn_max, 1), self.connections
+        slot = self._last_slot % slots
+        for _ in range(slots):
+            if slot not in taken:
+                break
+            slot = (slot + 1) % slots
+        else:                         # more live than conn_max (it was lowered): above it
+            slot = max(taken) + 1
+        self._last_slot = slot
+        conn = taken[slot] = Connection(slot, client)
         return conn
 
     def close_connection(self, conn: Connection) -> None:

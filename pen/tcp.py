@@ -43,6 +43,8 @@ class Listener:
 
     def __init__(self, sock, balancer: "TcpBalancer") -> None:
         sock.setblocking(False)
+        if sock.family != socket.AF_UNIX:  # as pen: accepted clients inherit SO_KEEPALIVE
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
         self.socket = sock
         self.family = sock.family          # a property that builds an enum: read it once
         self.balancer = balancer
@@ -216,10 +218,10 @@ class TcpBalancer:
             log.debug("connection %d: %s to server %d (%s)", conn.id, ip, server.index,
                       server.endpoint)
             set_options(client, state)
-            conn.server = server
+            conn.server, conn.downfd, conn.upfd = server, client.fileno(), upstream.fileno()
             server.conn += 1
             server.total += 1
-            entry = state.clients.touch(ip, time.time())
+            entry = conn.entry = state.clients.touch(ip, time.time())
             entry.connects += 1
             if server.index >= 0:
                 entry.server = server.index

@@ -333,7 +333,7 @@ class UdpBalancer:
             return None
         session.conn = conn = state.open_connection(client)
         conn.server, conn.close = session.server, session.close
-        entry = session.entry = state.clients.touch(ip, time.time())
+        entry = session.entry = conn.entry = state.clients.touch(ip, time.time())
         entry.connects += 1
         if session.server.index >= 0:
             entry.server = session.server.index

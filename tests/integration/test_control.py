@@ -93,7 +93,7 @@ def test_real_penctl_reads_pens_formats(backends, start_pen):
     assert penctl(ctl, "clients_max") == "2048\n"
     assert penctl(ctl, "conn_max") == "500\n"
     assert penctl(ctl, "idle_timeout") == "Idle timeout: 0 seconds\n"
-    assert penctl(ctl, "tarpit_acl") == "tarpit_acl = -1\n"
+    assert penctl(ctl, "tarpit_acl") == "tarpit_acl = -1"          # no newline, as pen
     assert penctl(ctl, "blacklist", "7") == "7\n"
     assert penctl(ctl, "bogus") == "do_cmd: ignoring command starting with 'bogus'\n"
     curl_json(f"http://127.0.0.1:{port}/")
@@ -292,7 +292,7 @@ def test_status_page_command_sigusr1_json_metrics(backends, start_pen, tmp_path)
 @needs_penctl
 def test_exit_only_with_X(backends, start_pen):
     pen, port, ctl = start_with_control(start_pen, servers=[backends[0].spec])
-    assert penctl(ctl, "exit") == "exit: not allowed (start pen with -X)\n"
+    assert penctl(ctl, "exit") == "Exit is not enabled; restart with -X flag\n"
     assert pen.proc.poll() is None and landed(port, 1) == {"a"}
     pen2, port2, ctl2 = start_with_control(start_pen, "-X", servers=[backends[0].spec])
     assert penctl(ctl2, "exit") == ""
@@ -405,13 +405,20 @@ def test_connection_and_close(backends, start_pen):
         [conn] = json.loads(penctl(ctl, "status", "json", binary=None))["connections"]
         text = penctl(ctl, "connection", str(conn["id"]), binary=None)
         client = f"127.0.0.1:{keep.getsockname()[1]}"
-        assert text.startswith(f"Connection {conn['id']}:\nstate = 1\ndownfd = -1, upfd = -1\n"
-                               f"client = {client}, server = 0\npend = 0\n")
+        # pen's lines: state 2 (connected), its two fds, client slot 0 and server 0
+        fds = re.fullmatch(r"Connection 0:\nstate = 2\ndownfd = (\d+), upfd = (\d+)\n"
+                           r"client = 0, server = 0\npend = 0\n"
+                           rf"client address = {client}\n(.*\n)+", text)
+        assert conn["id"] == 0 and fds and fds[1] != fds[2]
+        for fd in fds.groups()[:2]:                          # they are pen's own sockets
+            assert os.readlink(f"/proc/{pen.proc.pid}/fd/{fd}").startswith("socket:")
         assert penctl(ctl, "close", str(conn["id"]), binary=None) == (
             f"Forcibly closing connection {conn['id']}\n")
         assert keep.recv(65536) == b""                      # pen closed it
-    assert penctl(ctl, "connection", "999999", binary=None) == "Connection 999999: not in use\n"
-    assert penctl(ctl, "close", "999999", binary=None) == "close: no connection 999999\n"
+    assert penctl(ctl, "connection", "3", binary=None) == (
+        "Connection 3:\nstate = 0\ndownfd = -1, upfd = -1\nclient = -1, server = -1\npend = 0\n")
+    assert penctl(ctl, "connection", "500", binary=None) == "Connection 500 out of range\n"
+    assert penctl(ctl, "close", "999999", binary=None) == "Connection 999999 out of range\n"
 
 
 @pytest.mark.root

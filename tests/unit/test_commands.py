@@ -50,7 +50,9 @@ def test_setters_and_modes():
     assert ask(state, "blacklist 12") == "12"      # pen answers a numeric setter with the value
     assert ask(state, "mode").startswith("no hash roundrobin")
     assert ask(state, "blacklist") == "12"
-    assert ask(state, "tcp_fastclose") == "both"
+    assert state.tcp_fastclose == "both"
+    # pen's answer to the bare word (it has no form that shows the setting)
+    assert ask(state, "tcp_fastclose") == "do_cmd: ignoring tcp_fastclose without argument\n"
 
 
 def test_server_command_changes_and_adds_servers():
@@ -79,7 +81,7 @@ def test_server_blacklist_seconds_and_clearing():
     ("server x", "server: expected a number"),
     ("acl 12 permit 1.2.3.4", "acl: acl number must be 0-9"),
     ("tcp_fastclose sideways", "usage: tcp_fastclose up|down|both|off"),
-    ("exit", "exit: not allowed (start pen with -X)"),
+    ("exit", "Exit is not enabled; restart with -X flag"),
 ])
 def test_mistakes_answer_one_line(line, message):
     reply = ask(State(), line)
