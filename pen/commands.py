@@ -416,8 +416,8 @@ def connection(state: State, args: list) -> str:
     if isinstance(n, str):
         return n
     conn = state.connections.get(n)
-    if conn is None:                                 # a free slot, as pen shows one
-        return f"Connection {n}:\nstate = 0\ndownfd = -1, upfd = -1\nclient = -1, server = -1\npend = 0\n"
+    if conn is None:                 # a free slot, as pen shows one that was never used
+        return f"Connection {n}:\nstate = 0\ndownfd = -1, upfd = -1\nclient = 0, server = 0\npend = 0\n"
     server = conn.server
     snap = status_report.connection_row(conn, time.time())
     # pen's lines first (scripts parse them; state 2 = connected, 1 = connecting), then

@@ -175,6 +175,7 @@ class State:
         self.emergency: Server | None = None
         self.abuse: Server | None = None
         self.rr_cursor = 0            # as pen: the first round-robin pick is server 1
+        self.current = 0              # the server last connected to (pen's "current")
         # access
         self.acls = AccessLists()
         self.client_acl = 0
@@ -218,7 +219,7 @@ class State:
         # live
         self.connections: dict[int, Connection] = {}
         self.counters: Counter[str] = Counter()   # events the I/O layer counts (udp_stray...)
-        self._last_slot = 0           # pen's connections_last: where the next search starts
+        self.last_slot = 0           # pen's connections_last: where the next search starts
         self.runtime: Any = None      # the I/O layer's hooks (tcp.Balancer); None in pure tests
         self.started = time.time()
 
@@ -241,14 +242,14 @@ class State:
         """A connection numbered as pen numbers it: the first free slot from the last one
         taken, wrapping at conn_max (so a lone client's connections all get slot 0)."""
         slots, taken = max(self.conn_max, 1), self.connections
-        slot = self._last_slot % slots
+        slot = self.last_slot % slots
         for _ in range(slots):
             if slot not in taken:
                 break
             slot = (slot + 1) % slots
         else:                         # more live than conn_max (it was lowered): above it
             slot = max(taken) + 1
-        self._last_slot = slot
+        self.last_slot = slot
         conn = taken[slot] = Connection(slot, client)
         return conn
 

@@ -72,7 +72,7 @@ def snapshot(state: State, now: float | None = None) -> dict:
         "servers": servers,
         "clients_max": state.clients.slots, "clients": clients,
         "conn_max": state.conn_max, "connections": connections,
-        "last_connection": state._last_slot,
+        "last_connection": state.last_slot, "current_server": state.current,
         "events": dict(sorted(state.counters.items())),   # udp_refused, tls_failures...
     }
 
@@ -120,7 +120,7 @@ def html(snap: dict) -> str:
                    for c in snap["connections"]]
     out = ['<html>\n<head>\n<title>Pen status page</title>\n</head>\n'
            '<body bgcolor="#ffffff"><h1>Pen status page</h1>\n',
-           f"Time {when}, {len(snap['servers'])} servers, {len(connections)} current<p>\n",
+           f"Time {when}, {len(snap['servers'])} servers, {snap['current_server']} current<p>\n",
            _table(SERVER_COLUMNS, snap["servers"]),
            f"<h2>Active clients</h2>Max number of clients: {snap['clients_max']}<p>",
            _table(CLIENT_COLUMNS, sorted(clients, key=lambda c: c["slot"])),

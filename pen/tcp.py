@@ -219,6 +219,7 @@ class TcpBalancer:
                       server.endpoint)
             set_options(client, state)
             conn.server, conn.downfd, conn.upfd = server, client.fileno(), upstream.fileno()
+            state.current = server.index        # pen's "current" server (status page)
             server.conn += 1
             server.total += 1
             entry = conn.entry = state.clients.touch(ip, time.time())

@@ -333,6 +333,7 @@ class UdpBalancer:
             return None
         session.conn = conn = state.open_connection(client)
         conn.server, conn.close = session.server, session.close
+        state.current = session.server.index
         entry = session.entry = conn.entry = state.clients.touch(ip, time.time())
         entry.connects += 1
         if session.server.index >= 0:

@@ -39,10 +39,13 @@ def test_snapshot_has_pens_columns():
 
 
 def test_html_page_has_three_tables_with_the_data():
-    page = status.html(status.snapshot(busy_state(), NOW))
+    state = busy_state()
+    state.current = 1                 # pen's "current": the server last connected to
+    page = status.html(status.snapshot(state, NOW))
     assert page.startswith("<html>") and page.rstrip().endswith("</html>")
     assert page.count("<table") == 3
-    assert "2 servers, 1 current" in page
+    assert "Time 2027-01-15 08:00:00, 2 servers, 1 current<p>\n" in page.replace(
+        status.time.strftime("%Y-%m-%d %H:%M:%S", status.time.localtime(NOW)), "2027-01-15 08:00:00")
     rows = re.findall(r"<tr>\n(.*?)</tr>", page, re.S)
     cells = [re.findall(r"<td>(.*?)</td>", row) for row in rows]
     # pen's columns and values first (status: when the blacklisting began), then ours
