@@ -330,7 +330,10 @@ def acl(state: State, args: list) -> str:
     except AclError as e:
         raise CommandError(f"acl: {e}") from None
     if entry.country and state.geoip_database is None and geoip.default_path():
-        geoip_database(state, [geoip.default_path()])
+        try:                       # as pen with its GeoIP.dat: found where it usually is
+            geoip_database(state, [geoip.default_path()])
+        except CommandError:       # unreadable: no country is known, as in pen without one
+            pass
     return ""
 
 
