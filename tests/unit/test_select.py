@@ -169,3 +169,43 @@ def test_server_slot_without_address_is_never_chosen():
     state = state_with(1, roundrobin=True)
     state.server(2)                                      # `server 2` with no address yet
     assert {first(state) for _ in range(4)} == {0}
+
+
+# --- where pen-lb keeps its own behaviour (README: pen-lb beside the C pen) ---------------
+
+def test_weight_zero_counts_as_one_where_pen_closes_every_client():
+    state = state_with(2, weight=True, roundrobin=True)
+    assert [s.weight for s in state.servers] == [0, 0]
+    assert first(state) is not None
+    state.servers[0].conn = 3
+    assert first(state) == 1                   # least connections, as with weight 1
+
+
+def test_hash_spreads_clients_that_differ_only_in_the_last_octet():
+    """pen hashes the address's bytes in memory order: on little-endian machines, with two
+    servers, every client of 127.0.0.0/8 lands on one server. pen-lb's hash spreads them."""
+    import ipaddress
+    state = state_with(2, hash=True)
+    picks = {first(state, ipaddress.ip_address(f"127.0.0.{i}")) for i in range(2, 10)}
+    assert picks == {0, 1}
+
+
+def test_returning_clients_expire_too():
+    """pen never expires the entry of the client it is looking up; pen-lb forgets a client
+    unseen for -T seconds, returning or not."""
+    state = state_with(tracking=10)
+    state.clients.touch(A, NOW).server = 2
+    assert first(state, A, now=NOW + 5) == 2
+    assert state.clients.lookup(A, NOW + 11, 10) is None
+    assert len(state.clients) == 0
+
+
+def test_client_table_shrinks_and_grows_and_keeps_slot_numbers():
+    state = state_with()
+    for i, ip in enumerate((A, B, C)):
+        assert state.clients.touch(ip, NOW + i).slot == i
+    state.clients.resize(2)                    # pen only grows its table
+    assert [c.ip for c in state.clients] == [B, C]
+    assert state.clients.touch(A, NOW + 5).slot == 0        # the slot A's eviction freed
+    state.clients.resize(4)
+    assert state.clients.slots == 4 and len(state.clients) == 2
