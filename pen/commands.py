@@ -273,9 +273,12 @@ def server(state: State, args: list) -> str:
             raise CommandError(f"server {index}: needs an address")
         port = changes.get("port", str(srv.port or listen_port))
         try:
-            spec = parse_server(f"[{host}]:{port}" if ":" in host else f"{host}:{port}",
-                                listen_port)
-            srv.endpoint = resolve(spec.endpoint) if not host.startswith("/") else spec.endpoint
+            if host.startswith("/"):             # a UNIX socket has no port (pen shows 1)
+                srv.endpoint = parse_server(host, listen_port).endpoint
+            else:
+                spec = parse_server(f"[{host}]:{port}" if ":" in host else f"{host}:{port}",
+                                    listen_port)
+                srv.endpoint = resolve(spec.endpoint)
         except AddressError as e:
             raise CommandError(f"server {index}: {e}") from None
     for key in ("acl", "max", "hard", "weight", "prio"):

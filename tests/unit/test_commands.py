@@ -171,3 +171,13 @@ def test_startup_answers_are_printed_as_pen_prints_them(tmp_path):
                              "-F", str(config), "8080", "127.0.0.1"])
     assert opts.answers == ("tarpit_acl = 27\n"
                             "do_cmd: ignoring tcp_fastclose without argument\n8\n")
+
+
+def test_unix_servers_show_port_1_and_survive_write(tmp_path):
+    """pen shows a UNIX socket server with port 1; `write` and a re-read keep its path."""
+    state, _ = cli.parse(["8080", "/run/app.sock", "127.0.0.1:81"])
+    assert ask(state, "servers").startswith("0 addr /run/app.sock port 1 conn 0 ")
+    copy = commands.scratch_copy(state)
+    assert copy.servers[0].endpoint.path == "/run/app.sock"
+    ask(state, "server 0 address /run/other.sock port 1")
+    assert state.servers[0].endpoint.path == "/run/other.sock"
