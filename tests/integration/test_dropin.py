@@ -103,6 +103,9 @@ def test_chroot_into_an_empty_directory_serves_answers_and_reloads(backends, tmp
         assert penctl(ctl, "blacklist") == "5\n"
         assert penctl(ctl, "status").startswith("<html>")
         assert (jail / "status.html").read_text().startswith("<html>")
+        (jail / "status.html").unlink()
+        pen.proc.send_signal(signal.SIGUSR1)                  # -w, inside the jail
+        wait_for(lambda: (jail / "status.html").exists(), what="SIGUSR1's status page")
         assert "addr 127.0.0.1" in penctl(ctl, "servers")
         inside = jail / str(config).lstrip("/")   # ...and on SIGHUP from inside the jail
         inside.parent.mkdir(parents=True)

@@ -164,7 +164,6 @@ def test_source_without_an_argument_shows_it():
 
 
 def test_startup_answers_are_printed_as_pen_prints_them(tmp_path):
-    from pen import cli
     config = tmp_path / "pen.cfg"
     config.write_text("blacklist 8\nhash\n")
     state, opts = cli.parse(["-O", "tarpit_acl 2", "-O", "blacklist 7", "-O", "tcp_fastclose",
