@@ -241,17 +241,20 @@ class State:
     def open_connection(self, client) -> Connection:
         """A connection numbered as pen numbers it: the first free slot from the last one
         taken, wrapping at conn_max (so a lone client's connections all get slot 0)."""
-        slots, taken = max(self.conn_max, 1), self.connections
-        slot = self.last_slot % slots
-        for _ in range(slots):
-            if slot not in taken:
-                break
-            slot = (slot + 1) % slots
-        else:                         # more live than conn_max (it was lowered): above it
-            slot = max(taken) + 1
+        slot, taken = self.last_slot, self.connections
+        if slot in taken or slot >= self.conn_max:
+            slot = self._next_free_slot(slot)
         self.last_slot = slot
         conn = taken[slot] = Connection(slot, client)
         return conn
+
+    def _next_free_slot(self, slot: int) -> int:
+        slots, taken = max(self.conn_max, 1), self.connections
+        for _ in range(slots):
+            slot = (slot + 1) % slots
+            if slot not in taken:
+                return slot
+        return max(taken) + 1         # more live than conn_max (it was lowered): above it
 
     def close_connection(self, conn: Connection) -> None:
         self.connections.pop(conn.id, None)
