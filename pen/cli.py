@@ -130,7 +130,7 @@ def parse(argv: list[str]) -> tuple[State, Options]:
             add_server(state, index, spec, proto)
         except AddressError as e:
             raise UsageError(f"{text}: {e}") from None
-    apply(state, later)
+    opts.answers = apply(state, later)
     if control is not None:
         try:
             state.control = parse_listen(control)
@@ -138,7 +138,7 @@ def parse(argv: list[str]) -> tuple[State, Options]:
             raise UsageError(f"-C {control}: {e}") from None
     if state.config_file:                    # -F: after -O, as pen reads it
         try:
-            commands.run_file(state, state.config_file)
+            opts.answers += commands.run_file(state, state.config_file)
         except commands.CommandError as e:
             raise UsageError(f"-F {e}") from None
     return state, opts
@@ -153,12 +153,15 @@ def add_server(state: State, index: int, spec: ServerSpec, proto: str = "tcp") -
     server.max, server.hard, server.weight, server.prio = spec.max, spec.hard, spec.weight, spec.prio
 
 
-def apply(state: State, lines: list[tuple[str, str]]) -> None:
+def apply(state: State, lines: list[tuple[str, str]]) -> str:
+    """Run (origin, command) pairs; their answers, joined."""
+    out = []
     for origin, line in lines:
         try:
-            commands.execute(state, line)
+            out.append(commands.terminated(commands.execute(state, line)))
         except commands.CommandError as e:
             raise UsageError(f"{origin}: {e}") from None
+    return "".join(out)
 
 
 def upgrade_running(args: list[str]) -> int:
@@ -211,6 +214,9 @@ def main(argv: list[str] | None = None) -> int:
         if argv[0] == "--upgrade":
             return upgrade_running(argv[1:])
         state, opts = parse(argv)
+        if opts.answers:              # as pen: what -O, -o and -F commands answer, on stdout
+            sys.stdout.write(opts.answers)
+            sys.stdout.flush()
         return run(state, opts)
     except UsageError as e:
         print(f"pen: {e}", file=sys.stderr)

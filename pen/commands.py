@@ -12,7 +12,7 @@ import os
 import time
 from typing import Callable
 
-from . import __version__
+from . import __version__, geoip
 from . import status as status_report
 from .acl import AclError, parse_entry
 from .addr import AddressError, parse_listen, parse_server, resolve
@@ -20,6 +20,18 @@ from .errors import CommandError
 from .state import State
 
 MAX_LINE = 4096
+
+
+class Verbatim(str):
+    """An answer sent exactly as it is: the control port adds no newline (pen's tarpit_acl
+    answer has none)."""
+
+
+def terminated(text: str) -> str:
+    """An answer as pen sends or prints it: ended by a newline unless it is Verbatim."""
+    if text and not text.endswith("\n") and not isinstance(text, Verbatim):
+        return text + "\n"
+    return text
 
 
 Handler = Callable[[State, list], str]
@@ -136,7 +148,7 @@ setting("client_acl", "client_acl", minimum=-1)
 setting("control_acl", "control_acl", minimum=-1)
 setting("idle_timeout", "idle_timeout", integer=False,
         render=lambda v: f"Idle timeout: {show(v)} seconds")
-setting("tarpit_acl", "tarpit_acl", minimum=-1, render=lambda v: f"tarpit_acl = {v}")
+setting("tarpit_acl", "tarpit_acl", minimum=-1, render=lambda v: Verbatim(f"tarpit_acl = {v}"))
 setting("ssl_client_renegotiation_interval", "ssl_renegotiation_interval", echo=False)
 text_setting("log", "log", after=lambda state: state.process.open_log(), echo=True)
 text_setting("web_stats", "web_stats", echo=True)
@@ -174,8 +186,8 @@ def clients_max(state: State, args: list) -> str:
 
 @command("tcp_fastclose")
 def tcp_fastclose(state: State, args: list) -> str:
-    if not args:
-        return state.tcp_fastclose
+    if not args:                                     # pen's answer, word for word
+        return "do_cmd: ignoring tcp_fastclose without argument\n"
     if len(args) != 1 or args[0] not in ("up", "down", "both", "off"):
         raise CommandError("usage: tcp_fastclose up|down|both|off")
     state.tcp_fastclose = args[0]
@@ -244,14 +256,17 @@ def server(state: State, args: list) -> str:
     srv = state.server(index)
     if "address" in changes or "port" in changes:
         listen_port = state.listen.port if state.listen else 0
-        host = changes.get("address", srv.address if srv.endpoint else None)
+        host = changes.get("address", srv.name if srv.endpoint else None)
         if host is None:
             raise CommandError(f"server {index}: needs an address")
         port = changes.get("port", str(srv.port or listen_port))
         try:
-            spec = parse_server(f"[{host}]:{port}" if ":" in host else f"{host}:{port}",
-                                listen_port)
-            srv.endpoint = resolve(spec.endpoint) if not host.startswith("/") else spec.endpoint
+            if host.startswith("/"):             # a UNIX socket has no port (pen shows 1)
+                srv.endpoint = parse_server(host, listen_port).endpoint
+            else:
+                spec = parse_server(f"[{host}]:{port}" if ":" in host else f"{host}:{port}",
+                                    listen_port)
+                srv.endpoint = resolve(spec.endpoint)
         except AddressError as e:
             raise CommandError(f"server {index}: {e}") from None
     for key in ("acl", "max", "hard", "weight", "prio"):
@@ -290,7 +305,7 @@ def no_accept_proxy(state: State, args: list) -> str:
 @command("servers")
 def servers(state: State, args: list) -> str:
     return "".join(
-        f"{s.index} addr {s.address} port {s.port} conn {s.conn} max {s.max} hard {s.hard} "
+        f"{s.index} addr {s.address} port {s.listed_port} conn {s.conn} max {s.max} hard {s.hard} "
         f"weight {s.weight} prio {s.prio} sx {s.sx} rx {s.rx}\n"
         for s in state.servers)
 
@@ -324,11 +339,36 @@ _special_server("abuse", "abuse_server")
 @command("acl")
 def acl(state: State, args: list) -> str:
     if len(args) not in (3, 4):
-        raise CommandError("usage: acl N permit|deny ADDRESS [MASK]")
+        raise CommandError("usage: acl N permit|deny ADDRESS [MASK] | acl N permit|deny country CC")
     try:
-        state.acls.add(number(args[0], "acl"), parse_entry(*args[1:]))
+        entry = parse_entry(*args[1:])
+        state.acls.add(number(args[0], "acl"), entry)
     except AclError as e:
         raise CommandError(f"acl: {e}") from None
+    if entry.country and state.geoip_database is None and geoip.default_path():
+        try:                       # as pen with its GeoIP.dat: found where it usually is
+            geoip_database(state, [geoip.default_path()])
+        except CommandError:       # unreadable: no country is known, as in pen without one
+            pass
+    return ""
+
+
+@command("geoip_database")
+def geoip_database(state: State, args: list) -> str:
+    """pen-lb: the .mmdb file `acl N ... country CC` looks addresses up in."""
+    if not _args(args, 1, "geoip_database [FILE]"):
+        return state.geoip_database or ""
+    try:
+        state.acls.geoip = geoip.open_database(args[0])
+    except geoip.GeoipError as e:
+        raise CommandError(f"geoip_database: {e}") from None
+    state.geoip_database = args[0]
+    return ""
+
+
+@command("no geoip_database")
+def no_geoip_database(state: State, args: list) -> str:
+    state.geoip_database, state.acls.geoip = None, None
     return ""
 
 
@@ -378,35 +418,47 @@ def recent(state: State, args: list) -> str:
                    for c in state.clients if c.last >= since)
 
 
+def _slot(state: State, args: list, name: str) -> int | str:
+    """A connection slot (0 to conn_max - 1), or pen's answer for one out of range."""
+    if len(args) != 1:
+        raise CommandError(f"usage: {name} N")
+    n = number(args[0], name, minimum=-(2 ** 31))
+    if not 0 <= n < max(state.conn_max, max(state.connections, default=-1) + 1):
+        return f"Connection {n} out of range\n"
+    return n
+
+
 @command("connection")
 def connection(state: State, args: list) -> str:
-    if len(args) != 1:
-        raise CommandError("usage: connection N")
-    conn = state.connections.get(number(args[0], "connection"))
-    if conn is None:
-        return f"Connection {args[0]}: not in use\n"
+    n = _slot(state, args, "connection")
+    if isinstance(n, str):
+        return n
+    conn = state.connections.get(n)
+    if conn is None:                 # a free slot, as pen shows one that was never used
+        return f"Connection {n}:\nstate = 0\ndownfd = -1, upfd = -1\nclient = 0, server = 0\npend = 0\n"
     server = conn.server
     snap = status_report.connection_row(conn, time.time())
-    # pen's lines first (scripts parse them), then what pen-lb knows beyond them
+    # pen's lines first (scripts parse them; state 2 = connected, 1 = connecting), then
+    # what pen-lb knows beyond them
     return (f"Connection {conn.id}:\n"
-            f"state = {1 if server else 0}\n"
-            f"downfd = -1, upfd = -1\n"
-            f"client = {snap['client']}, server = {server.index if server else -1}\n"
+            f"state = {2 if server else 1}\n"
+            f"downfd = {conn.downfd}, upfd = {conn.upfd}\n"
+            f"client = {snap['client_slot']}, server = {server.index if server else -1}\n"
             f"pend = 0\n"
+            f"client address = {snap['client']}\n"
             f"server address = {snap['server_address'] or '-'}\n"
             f"age = {snap['age']:.1f} s, sx = {conn.sx}, rx = {conn.rx}\n")
 
 
 @command("close")
 def close(state: State, args: list) -> str:
-    if len(args) != 1:
-        raise CommandError("usage: close N")
-    conn = state.connections.get(number(args[0], "close"))
-    if conn is None:
-        raise CommandError(f"close: no connection {args[0]}")
-    if conn.close:
+    n = _slot(state, args, "close")
+    if isinstance(n, str):
+        return n
+    conn = state.connections.get(n)
+    if conn is not None and conn.close:
         conn.close()
-    return f"Forcibly closing connection {conn.id}\n"
+    return f"Forcibly closing connection {n}\n"
 
 
 @command("socket")
@@ -417,7 +469,7 @@ def socket_(state: State, args: list) -> str:
 @command("exit")
 def exit_(state: State, args: list) -> str:
     if not state.allow_exit:
-        raise CommandError("exit: not allowed (start pen with -X)")
+        return "Exit is not enabled; restart with -X flag\n"           # pen's answer
     state.process.shutdown()
     return ""
 
@@ -473,6 +525,8 @@ def dump(state: State) -> str:
     def onoff(name):
         return name if getattr(state, name) else "no " + name
     lines = [f"# Generated by pen-lb {__version__} {time.strftime('%Y-%m-%d %H:%M:%S')}"]
+    if state.geoip_database:
+        lines.append(f"geoip_database {state.geoip_database}")
     lines += state.acls.commands()
     lines += [onoff("ascii"), f"blacklist {show(state.blacklist_time)}",
               f"client_acl {state.client_acl}", f"clients_max {state.clients.slots}",
@@ -562,7 +616,7 @@ def run_lines(state: State, lines, origin: str) -> str:
     out = []
     for number_, line in enumerate(lines, 1):
         try:
-            out.append(execute(state, line))
+            out.append(terminated(execute(state, line)))
         except CommandError as e:
             raise CommandError(f"{origin}:{number_}: {e}") from None
     return "".join(out)

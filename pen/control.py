@@ -11,6 +11,7 @@ from __future__ import annotations
 import ipaddress
 import logging
 import os
+import select
 import socket
 
 import gevent
@@ -49,10 +50,9 @@ def parse_request(data: bytes) -> str:
 
 
 def on_the_wire(text: str) -> bytes:
-    """An answer as pen sends it: every non-empty answer ends with a newline."""
-    if text and not text.endswith("\n"):
-        text += "\n"
-    return text.encode("utf-8", "replace")
+    """An answer as pen sends it: every non-empty answer ends with a newline, except the
+    few pen sends without one (commands.Verbatim)."""
+    return commands.terminated(text).encode("utf-8", "replace")
 
 
 def exposed(endpoint: Endpoint) -> bool:
@@ -135,10 +135,14 @@ class ControlServer(StreamServer):
             sock.close()
 
     def receive(self, sock) -> bytes:
-        """Bytes up to the first newline or EOF; at most MAX_LINE + 1 and TIMEOUT seconds."""
+        """Bytes up to the first newline, EOF, or the end of what the client has sent so far
+        (pen answers what one read gets, so a line without a newline is answered at once);
+        at most MAX_LINE + 1 and TIMEOUT seconds."""
         data = b""
         with gevent.Timeout(self.timeout):
             while b"\n" not in data and len(data) <= commands.MAX_LINE:
+                if data and not select.select([sock], [], [], 0)[0]:
+                    break                              # nothing more sent yet
                 chunk = sock.recv(commands.MAX_LINE + 1 - len(data) + 1)
                 if not chunk:
                     break

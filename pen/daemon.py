@@ -59,31 +59,65 @@ def _await_start(fd: int) -> int:
 
 
 def write_pidfile(path: str) -> None:
+    """The pid, without a newline, as pen writes it."""
     try:
         with open(path, "w") as f:
-            f.write(f"{os.getpid()}\n")
+            f.write(str(os.getpid()))
     except OSError as e:
         raise DaemonError(f"-p {path}: {e.strerror}") from None
+
+
+class Leftover:
+    """A file pen removes on exit (pid file, UNIX socket), still reachable after -j: its
+    directory is held open, so the removal works inside the jail too."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.name = os.path.basename(path)
+        try:
+            self.dir_fd: int | None = os.open(os.path.dirname(path) or ".",
+                                              os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        except OSError:
+            self.dir_fd = None
+
+    def remove(self) -> None:
+        try:
+            if self.dir_fd is None:
+                os.unlink(self.path)
+            else:
+                os.unlink(self.name, dir_fd=self.dir_fd)
+        except OSError:
+            pass
+
+    def read(self) -> str:
+        try:
+            fd = (os.open(self.path, os.O_RDONLY) if self.dir_fd is None
+                  else os.open(self.name, os.O_RDONLY, dir_fd=self.dir_fd))
+        except OSError:
+            return ""
+        with os.fdopen(fd) as f:
+            return f.read()
+
+
+_leftovers: dict[str, Leftover] = {}
+
+
+def keep_removable(path: str | None) -> None:
+    """Remember path's directory now, while it is reachable (before -j)."""
+    if path and path not in _leftovers:
+        _leftovers[path] = Leftover(path)
+
+
+def remove_file(path: str | None) -> None:
+    if path:
+        (_leftovers.pop(path, None) or Leftover(path)).remove()
 
 
 def remove_pidfile(path: str | None) -> None:
     """Remove the pid file if it still names this process (after an upgrade it names the
     new one; a new copy that failed to start never wrote it)."""
-    try:
-        with open(path or "") as f:
-            ours = f.read().strip() == str(os.getpid())
-    except OSError:
-        return
-    if ours:
+    if path and (_leftovers.get(path) or Leftover(path)).read().strip() == str(os.getpid()):
         remove_file(path)
-
-
-def remove_file(path: str | None) -> None:
-    if path:
-        try:
-            os.unlink(path)
-        except OSError:
-            pass
 
 
 def lookup_user(name: str):
@@ -94,7 +128,37 @@ def lookup_user(name: str):
         raise DaemonError(f"-u {name}: no such user") from None
 
 
+def prepare_jail() -> None:
+    """Import now what the process will import later: after -j, Python's own tree is gone.
+
+    gevent sets up its hub (loop, config, thread pool, resolver) lazily, pen-lb imports
+    some modules on first use, and codecs are looked up by name on first use."""
+    import codecs
+    import importlib
+
+    import gevent
+    hub = gevent.get_hub()
+    _ = hub.threadpool, hub.resolver  # both created on first access
+    for name in ("idna", "ascii", "latin-1", "utf-8"):
+        codecs.lookup(name)
+    for module in JAIL_IMPORTS:
+        try:
+            importlib.import_module(module)
+        except ImportError:           # an optional extra (maxminddb) that is not installed
+            pass
+
+
+# Modules imported on first use, somewhere after start-up.
+JAIL_IMPORTS = ("fcntl", "pwd", "grp", "ssl", "json", "html", "pprint", "traceback",
+                "linecache", "logging.handlers", "encodings.idna", "gevent.pool",
+                "gevent.ssl", "gevent.threadpool", "gevent.resolver.thread",
+                "gevent.resolver.blocking", "maxminddb", "pen.acl", "pen.commands",
+                "pen.control", "pen.dsr", "pen.status", "pen.tls", "pen.transparent",
+                "pen.udp", "pen.geoip")
+
+
 def enter_chroot(path: str) -> None:
+    prepare_jail()
     try:
         os.chroot(path)
         os.chdir("/")

@@ -58,6 +58,7 @@ class Options:
     demo: bool = False
     argv: list = field(default_factory=list)    # as given: an upgrade starts pen with it
     cwd: str = "/"                               # where it was given (relative paths)
+    answers: str = ""             # what -O/-o and -F commands answered: pen prints it
 
 
 class Runtime:
@@ -320,6 +321,9 @@ def run(state: State, opts: Options) -> int:
         try:
             if opts.pidfile and inheritance is None:   # a new copy writes it once it serves
                 daemon.write_pidfile(opts.pidfile)
+            for endpoint in (state.listen, state.control):   # removed on exit, even in -j
+                daemon.keep_removable(endpoint.path if endpoint else None)
+            daemon.keep_removable(opts.pidfile)
             if opts.chroot:
                 daemon.enter_chroot(opts.chroot)
             if user is not None:

@@ -5,7 +5,8 @@
   2. unless -r, the server the client used last time, if it is available to it;
   3. otherwise by mode: prio, weight, hash, or round-robin over available servers;
   4. after a failure (the caller blacklists the server): the next available servers in
-     order, wrapping around, then the emergency server (-e); with -s, nothing more.
+     order, wrapping around, then the emergency server (-e); with -s, nothing more, and
+     nothing at all when the client's own server (step 2) is unavailable.
 The generator is lazy, so each step sees the blacklisting the caller did before it.
 """
 
@@ -44,12 +45,12 @@ def _by_mode(state: State, ip, port, now: float) -> Server | None:
             if available(state, server, ip, now):
                 return server
         return None
+    if state.prio:          # as pen: the lowest prio, and of equals the first in order
+        return min((s for s in servers if available(state, s, ip, now)),
+                   key=lambda s: s.prio, default=None)
     ring = [s for s in _rotation(servers, state.rr_cursor + 1) if available(state, s, ip, now)]
     if not ring:
         return None
-    if state.prio:
-        best = min(s.prio for s in ring)
-        ring = [s for s in ring if s.prio == best]
     if state.weight:
         chosen = min(ring, key=lambda s: s.conn / max(s.weight, 1))
     else:
@@ -59,13 +60,16 @@ def _by_mode(state: State, ip, port, now: float) -> Server | None:
 
 
 def initial(state: State, ip, port, now: float) -> Server | None:
-    """The first server to try for a permitted client."""
+    """The first server to try for a permitted client. A returning client whose server is
+    unavailable goes by mode, except with -s: pen closes it ("without trying another")."""
     if not state.roundrobin:
         client = state.clients.lookup(ip, now, state.tracking)
         if client is not None and 0 <= client.server < len(state.servers):
             server = state.servers[client.server]
             if available(state, server, ip, now, returning=True):
                 return server
+            if state.stubborn:
+                return None
     return _by_mode(state, ip, port, now)
 
 

@@ -12,7 +12,7 @@ counts them. A Connection's sx/rx are its server's side.
 
 from __future__ import annotations
 
-import itertools
+import heapq
 import logging
 import time
 from collections import Counter, OrderedDict
@@ -47,14 +47,26 @@ class Server:
     proxy_protocol: str | None = None    # v1, v2 or off; None: as state.proxy_protocol
 
     @property
-    def address(self) -> str:
+    def name(self) -> str:
+        """The address as the user gave it (a host name stays a name)."""
         if self.endpoint is None:
             return "0.0.0.0"
         return self.endpoint.path or self.endpoint.host or "0.0.0.0"
 
     @property
+    def address(self) -> str:
+        """The address as pen shows it: resolved (a UNIX socket: its path)."""
+        endpoint = self.endpoint
+        return endpoint.address if endpoint is not None and endpoint.sockaddr else self.name
+
+    @property
     def port(self) -> int:
         return self.endpoint.port if self.endpoint else 0
+
+    @property
+    def listed_port(self) -> int:
+        """The port `servers` and the status page show: pen shows 1 for a UNIX socket."""
+        return 1 if self.endpoint is not None and self.endpoint.is_unix else self.port
 
     def blacklisted(self, now: float) -> bool:
         return self.blacklist_until > now
@@ -72,7 +84,7 @@ class Server:
         """The `server N ...` command that recreates this server."""
         words = [f"server {self.index} acl {self.acl}"]
         if self.endpoint is not None:
-            words.append(f"address {self.address} port {self.port}")
+            words.append(f"address {self.name} port {self.port}")
         words.append(f"max {self.max} hard {self.hard} weight {self.weight} prio {self.prio}")
         if self.proxy_protocol is not None:
             words.append(f"proxy_protocol {self.proxy_protocol}")
@@ -86,6 +98,7 @@ class Client:
     ip: Any
     server: int = -1
     last: float = 0.0
+    slot: int = 0                 # its number in the table (pen's client index)
     connects: int = 0
     sx: int = 0                   # bytes sent to the client (as the C pen counts them)
     rx: int = 0                   # bytes received from the client
@@ -97,6 +110,7 @@ class ClientTable:
     def __init__(self, slots: int = 2048) -> None:
         self.slots = slots
         self._clients: OrderedDict[Any, Client] = OrderedDict()
+        self._free: list[int] = []        # slot numbers given back, reused lowest first
 
     def __len__(self) -> int:
         return len(self._clients)
@@ -110,9 +124,12 @@ class ClientTable:
         if client is None:
             return None
         if tracking > 0 and now - client.last > tracking:
-            del self._clients[ip]
+            self._drop(self._clients.pop(ip))
             return None
         return client
+
+    def _drop(self, client: Client) -> None:
+        heapq.heappush(self._free, client.slot)
 
     def touch(self, ip, now: float) -> Client:
         """The client's slot, made most recently used; created (evicting the LRU one) if new."""
@@ -121,8 +138,9 @@ class ClientTable:
             if self.slots <= 0:
                 return Client(ip, last=now)          # a table of no slots remembers nothing
             while len(self._clients) >= self.slots:
-                self._clients.popitem(last=False)
-            client = self._clients[ip] = Client(ip)
+                self._drop(self._clients.popitem(last=False)[1])
+            slot = heapq.heappop(self._free) if self._free else len(self._clients)
+            client = self._clients[ip] = Client(ip, slot=slot)
         else:
             self._clients.move_to_end(ip)
         client.last = now
@@ -131,7 +149,7 @@ class ClientTable:
     def resize(self, slots: int) -> None:
         self.slots = slots
         while len(self._clients) > max(slots, 0):
-            self._clients.popitem(last=False)
+            self._drop(self._clients.popitem(last=False)[1])
 
 
 @dataclass
@@ -147,6 +165,8 @@ class Connection:
     sx: int = 0                   # bytes sent to the server
     rx: int = 0                   # bytes received from the server
     close: Callable[[], None] | None = None
+    downfd: int = -1              # the client's socket, for `connection N` as pen shows it
+    upfd: int = -1                # the server's
 
     # bytes moved: the connection's, its server's and its client's counters at once
     def to_server(self, nbytes: int, datagrams: int = 0) -> None:
@@ -182,12 +202,14 @@ class State:
         self.servers: list[Server] = []
         self.emergency: Server | None = None
         self.abuse: Server | None = None
-        self.rr_cursor = -1
+        self.rr_cursor = 0            # as pen: the first round-robin pick is server 1
+        self.current = 0              # the server last connected to (pen's "current")
         # access
         self.acls = AccessLists()
         self.client_acl = 0
         self.control_acl = 0
         self.tarpit_acl = -1
+        self.geoip_database: str | None = None   # .mmdb for country entries
         # relaying
         self.http = False
         self.idle_timeout = 0
@@ -228,7 +250,7 @@ class State:
         # live
         self.connections: dict[int, Connection] = {}
         self.counters: Counter[str] = Counter()   # events the I/O layer counts (udp_stray...)
-        self._ids = itertools.count()
+        self.last_slot = 0           # pen's connections_last: where the next search starts
         self.process: ProcessHooks = OFFLINE    # the running process, once there is one
         self.started = time.time()
 
@@ -259,8 +281,13 @@ class State:
     # connections -----------------------------------------------------------
 
     def open_connection(self, client) -> Connection:
-        conn = Connection(next(self._ids), client)
-        self.connections[conn.id] = conn
+        """A connection numbered as pen numbers it: the first free slot from the last one
+        taken, wrapping at conn_max (so a lone client's connections all get slot 0)."""
+        slot, taken = self.last_slot, self.connections
+        if slot in taken or slot >= self.conn_max:
+            slot = self._next_free_slot(slot)
+        self.last_slot = slot
+        conn = taken[slot] = Connection(slot, client)
         return conn
 
     def track(self, conn: Connection, ip, server: Server, now: float) -> None:
@@ -274,10 +301,19 @@ class State:
         if conn.server is not None:
             conn.server.conn -= 1
         conn.server = server
+        self.current = server.index       # pen's "current" server (status page)
         server.conn += 1
         server.total += 1
         if server.index >= 0:             # not the emergency or abuse server
             conn.entry.server = server.index
+
+    def _next_free_slot(self, slot: int) -> int:
+        slots, taken = max(self.conn_max, 1), self.connections
+        for _ in range(slots):
+            slot = (slot + 1) % slots
+            if slot not in taken:
+                return slot
+        return max(taken) + 1         # more live than conn_max (it was lowered): above it
 
     def close_connection(self, conn: Connection) -> None:
         """The connection ended (once: a second call changes nothing)."""

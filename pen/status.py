@@ -36,6 +36,8 @@ def server_state(server, now: float) -> str:
 def connection_row(conn, now: float) -> dict:
     server = conn.server
     return {"id": conn.id, "client": _peer(conn.client),
+            "downfd": conn.downfd, "upfd": conn.upfd,
+            "client_slot": conn.entry.slot if conn.entry is not None else -1,
             "server": server.index if server else None,
             "server_address": str(server.endpoint) if server and server.endpoint else None,
             "age": round(max(now - conn.started, 0), 1), "sent": conn.sx, "received": conn.rx}
@@ -45,8 +47,10 @@ def snapshot(state: State, now: float | None = None) -> dict:
     """Everything the status report shows, as plain data (the JSON form)."""
     now = time.time() if now is None else now
     servers = [{
-        "index": s.index, "address": s.address, "port": s.port,
+        "index": s.index, "address": s.address, "port": s.listed_port,
         "state": server_state(s, now),
+        # pen's "status": when the blacklisting began (its end less the blacklist time)
+        "blacklisted_at": int(s.blacklist_until - state.blacklist_time) if s.blacklist_until else 0,
         "blacklisted_for": round(max(s.blacklist_until - now, 0), 1),
         "connections": s.conn, "max": s.max, "hard": s.hard,
         "sent": s.sx, "received": s.rx, "weight": s.weight, "prio": s.prio, "acl": s.acl,
@@ -54,7 +58,8 @@ def snapshot(state: State, now: float | None = None) -> dict:
         "datagrams_sent": s.dgrams_sx, "datagrams_received": s.dgrams_rx,
     } for s in state.servers]
     clients = [{
-        "address": str(c.ip), "age": round(max(now - c.last, 0), 1), "last_server": c.server,
+        "slot": c.slot, "address": str(c.ip), "age": round(max(now - c.last, 0), 1),
+        "last_server": c.server,
         "connects": c.connects, "sent": c.sx, "received": c.rx,
     } for c in state.clients]
     connections = [connection_row(c, now) for c in list(state.connections.values())]
@@ -67,22 +72,27 @@ def snapshot(state: State, now: float | None = None) -> dict:
         "servers": servers,
         "clients_max": state.clients.slots, "clients": clients,
         "conn_max": state.conn_max, "connections": connections,
+        "last_connection": state.last_slot, "current_server": state.current,
         "events": dict(sorted(state.counters.items())),   # udp_refused, tls_failures...
     }
 
 
-# --- HTML (pen's page: the same three tables) ------------------------------------------
+# --- HTML: pen's page, byte for byte in its layout, so that its scrapers keep working -----
+# Each table has pen's columns first, in pen's order and with pen's values; pen-lb's own
+# columns (the servers' state, the connections' addresses, age and bytes) follow them.
 
-SERVER_COLUMNS = (("server", "index"), ("address", "address"), ("status", "state"),
+SERVER_COLUMNS = (("server", "index"), ("address", "address"), ("status", "blacklisted_at"),
                   ("port", "port"), ("connections", "connections"), ("max soft", "max"),
                   ("max hard", "hard"), ("sent", "sent"), ("received", "received"),
-                  ("weight", "weight"), ("prio", "prio"))
-CLIENT_COLUMNS = (("client", "#"), ("address", "address"), ("age(secs)", "age"),
+                  ("weight", "weight"), ("prio", "prio"), ("state", "state"))
+CLIENT_COLUMNS = (("client", "slot"), ("address", "address"), ("age(secs)", "age"),
                   ("last server", "last_server"), ("connects", "connects"),
                   ("sent", "sent"), ("received", "received"))
-CONNECTION_COLUMNS = (("connection", "id"), ("client", "client"), ("server", "server"),
-                      ("server address", "server_address"), ("age(secs)", "age"),
-                      ("sent", "sent"), ("received", "received"))
+CONNECTION_COLUMNS = (("connection", "id"), ("downfd", "downfd"), ("upfd", "upfd"),
+                      ("pending data down", "pending"), ("pending data up", "pending"),
+                      ("client", "client_slot"), ("server", "server"),
+                      ("client address", "client"), ("server address", "server_address"),
+                      ("age(secs)", "age"), ("sent", "sent"), ("received", "received"))
 
 
 def _cell(value) -> str:
@@ -91,36 +101,38 @@ def _cell(value) -> str:
     return _html.escape("-" if value is None else str(value))
 
 
-def _table(columns, rows: list[dict]) -> list[str]:
-    out = ['<table bgcolor="#c0c0c0">', "<tr>"]
-    out += [f'<th bgcolor="#80f080">{_cell(title)}</th>' for title, _ in columns]
-    out.append("</tr>")
-    for number, row in enumerate(rows):
-        out.append("<tr>")
-        out += [f"<td>{_cell(number if key == '#' else row[key])}</td>" for _, key in columns]
-        out.append("</tr>")
-    out.append("</table>")
-    return out
+def _table(columns, rows: list[dict]) -> str:
+    out = ['<table bgcolor="#c0c0c0">\n<tr>\n']
+    out += [f'<td bgcolor="#80f080">{_cell(title)}</td>\n' for title, _ in columns]
+    out.append("</tr>\n")
+    for row in rows:
+        out.append("<tr>\n")
+        out += [f"<td>{_cell(row.get(key, 0))}</td>\n" for _, key in columns]
+        out.append("</tr>\n")
+    out.append("</table>\n")
+    return "".join(out)
 
 
 def html(snap: dict) -> str:
     when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(snap["time"]))
-    out = ["<html>", "<head>", "<title>Pen status page</title>", "</head>",
-           '<body bgcolor="#ffffff"><h1>Pen status page</h1>',
-           f"Time {when}, {len(snap['servers'])} servers, "
-           f"{len(snap['connections'])} current<p>"]
-    out += _table(SERVER_COLUMNS, snap["servers"])
-    out.append(f"<h2>Active clients</h2>Max number of clients: {snap['clients_max']}<p>")
-    out += _table(CLIENT_COLUMNS, snap["clients"])
-    out.append(f"<h2>Active connections</h2>Number of connections: {snap['conn_max']} max, "
-               f"{len(snap['connections'])} used<p>")
-    out += _table(CONNECTION_COLUMNS, snap["connections"])
+    clients = [dict(c, age=int(c["age"])) for c in snap["clients"]]       # pen: whole seconds
+    connections = [dict(c, server=-1 if c["server"] is None else c["server"])
+                   for c in snap["connections"]]
+    out = ['<html>\n<head>\n<title>Pen status page</title>\n</head>\n'
+           '<body bgcolor="#ffffff"><h1>Pen status page</h1>\n',
+           f"Time {when}, {len(snap['servers'])} servers, {snap['current_server']} current<p>\n",
+           _table(SERVER_COLUMNS, snap["servers"]),
+           f"<h2>Active clients</h2>Max number of clients: {snap['clients_max']}<p>",
+           _table(CLIENT_COLUMNS, sorted(clients, key=lambda c: c["slot"])),
+           f"<h2>Active connections</h2>Number of connections: {snap['conn_max']} max, "
+           f"{len(connections)} used, {snap['last_connection']} last<p>",
+           _table(CONNECTION_COLUMNS, sorted(connections, key=lambda c: c["id"]))]
     if snap["events"]:
         out.append("<h2>Events</h2>")
-        out += _table((("event", "event"), ("count", "count")),
-                      [{"event": k, "count": v} for k, v in snap["events"].items()])
-    out += ["</body>", "</html>"]
-    return "\n".join(out) + "\n"
+        out.append(_table((("event", "event"), ("count", "count")),
+                          [{"event": k, "count": v} for k, v in snap["events"].items()]))
+    out.append("</body>\n</html>\n")
+    return "".join(out)
 
 
 def json(snap: dict) -> str:

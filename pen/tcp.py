@@ -40,6 +40,8 @@ class Listener:
 
     def __init__(self, sock, balancer: "TcpBalancer", max_accept: int) -> None:
         sock.setblocking(False)
+        if sock.family != socket.AF_UNIX:  # as pen: accepted clients inherit SO_KEEPALIVE
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
         self.socket = sock
         self.family = sock.family          # a property that builds an enum: read it once
         self.balancer = balancer
@@ -200,6 +202,7 @@ class TcpBalancer:
             log.debug("connection %d: %s to server %d (%s)", conn.id, ip, server.index,
                       server.endpoint)
             set_options(client, state)
+            conn.downfd, conn.upfd = client.fileno(), upstream.fileno()
             state.track(conn, ip, server, time.time())
             self.relay(conn, client, upstream, ip)
         except Closed:

@@ -96,7 +96,7 @@ def test_real_penctl_reads_pens_formats(backends, start_pen):
     assert c_penctl(ctl, "clients_max") == "2048\n"
     assert c_penctl(ctl, "conn_max") == "500\n"
     assert c_penctl(ctl, "idle_timeout") == "Idle timeout: 0 seconds\n"
-    assert c_penctl(ctl, "tarpit_acl") == "tarpit_acl = -1\n"
+    assert c_penctl(ctl, "tarpit_acl") == "tarpit_acl = -1"          # no newline, as pen
     assert c_penctl(ctl, "blacklist", "7") == "7\n"
     assert c_penctl(ctl, "bogus") == "do_cmd: ignoring command starting with 'bogus'\n"
     curl_json(f"http://127.0.0.1:{port}/")
@@ -132,10 +132,10 @@ def test_answers_match_the_c_pen(backends, start_pen, tmp_path):
                      "client_acl 3", "control_acl 0", "clients_max 4096", "hash", "weight",
                      "mode", "no hash", "prio", "mode", "server 0 weight 4", "server 1 max 2",
                      "servers", "acl 1 permit 127.0.0.1", "bogus", "stubborn", "roundrobin",
-                     "mode", "recent 0"):
+                     "mode", "recent 0", "tarpit_acl", "tarpit_acl 2", "tcp_fastclose",
+                     "exit", "connection 3", "connection 4096", "close 4096", "connection 500"):
             ours, theirs = c_penctl(ctl, *line.split()), c_penctl(c_ctl, *line.split())
             assert ours == theirs, line
-        assert c_penctl(ctl, "tarpit_acl").rstrip("\n") == c_penctl(c_ctl, "tarpit_acl")
     finally:
         c_pen.terminate()
         c_pen.wait(10)
@@ -193,8 +193,7 @@ def test_server_change_leaves_connections_in_flight_alone(backends, start_pen):
         assert ask() == "a"                        # the same connection, the same server
         assert landed(port, 2) == {"b"}            # new connections: the new address
         assert ask() == "a"
-    assert penctl(ctl, "server", "1", "address", "127.0.0.1", "port", str(a.port),
-                  binary=None) == ""
+    assert penctl(ctl, "server", "1", "address", "127.0.0.1", "port", str(a.port)) == ""
     assert f"1 addr 127.0.0.1 port {a.port}" in penctl(ctl, "servers")
 
 
@@ -293,7 +292,7 @@ def test_status_page_command_sigusr1_json_metrics(backends, start_pen, tmp_path)
 @pytest.mark.c_pen
 def test_exit_only_with_X(backends, start_pen):
     pen, port, ctl = start_with_control(start_pen, servers=[backends[0].spec])
-    assert c_penctl(ctl, "exit") == "exit: not allowed (start pen with -X)\n"
+    assert c_penctl(ctl, "exit") == "Exit is not enabled; restart with -X flag\n"
     assert pen.proc.poll() is None and landed(port, 1) == {"a"}
     pen2, port2, ctl2 = start_with_control(start_pen, "-X", servers=[backends[0].spec])
     assert c_penctl(ctl2, "exit") == ""
@@ -396,6 +395,7 @@ def test_a_thousand_control_clients_while_traffic_flows(backends, start_pen):
 
 def test_connection_and_close(backends, start_pen):
     pen, port, ctl = start_with_control(start_pen, servers=[backends[0].spec])
+    idle(ctl)                          # the readiness probe's slot 0 is free again
     with socket.create_connection(("127.0.0.1", port), timeout=10) as keep:
         keep.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
         reply = b""
@@ -406,13 +406,20 @@ def test_connection_and_close(backends, start_pen):
         [conn] = json.loads(penctl(ctl, "status", "json"))["connections"]
         text = penctl(ctl, "connection", str(conn["id"]))
         client = f"127.0.0.1:{keep.getsockname()[1]}"
-        assert text.startswith(f"Connection {conn['id']}:\nstate = 1\ndownfd = -1, upfd = -1\n"
-                               f"client = {client}, server = 0\npend = 0\n")
+        # pen's lines: state 2 (connected), its two fds, client slot 0 and server 0
+        fds = re.fullmatch(r"Connection 0:\nstate = 2\ndownfd = (\d+), upfd = (\d+)\n"
+                           r"client = 0, server = 0\npend = 0\n"
+                           rf"client address = {client}\n(.*\n)+", text)
+        assert conn["id"] == 0 and fds and fds[1] != fds[2]
+        for fd in fds.groups()[:2]:                          # they are pen's own sockets
+            assert os.readlink(f"/proc/{pen.proc.pid}/fd/{fd}").startswith("socket:")
         assert penctl(ctl, "close", str(conn["id"])) == (
             f"Forcibly closing connection {conn['id']}\n")
         assert keep.recv(65536) == b""                      # pen closed it
-    assert penctl(ctl, "connection", "999999") == "Connection 999999: not in use\n"
-    assert penctl(ctl, "close", "999999") == "close: no connection 999999\n"
+    assert penctl(ctl, "connection", "3") == (
+        "Connection 3:\nstate = 0\ndownfd = -1, upfd = -1\nclient = 0, server = 0\npend = 0\n")
+    assert penctl(ctl, "connection", "500") == "Connection 500 out of range\n"
+    assert penctl(ctl, "close", "999999") == "Connection 999999 out of range\n"
 
 
 @pytest.mark.root

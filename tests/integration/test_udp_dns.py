@@ -59,7 +59,8 @@ def test_refused_server_is_blacklisted_and_the_query_resent(dnsmasqs, start_pen)
 def test_silent_server_is_blacklisted_after_timeout_and_the_query_resent(dnsmasqs, start_pen):
     silent = Responder(lambda data, addr: None, host="127.0.0.4")
     try:
-        pen, port = start_udp_pen(start_pen, "-t", "1", servers=[silent.spec, dnsmasqs[1].spec])
+        # round-robin's first pick is server 1, as in pen: the silent one
+        pen, port = start_udp_pen(start_pen, "-t", "1", servers=[dnsmasqs[1].spec, silent.spec])
         started = time.monotonic()
         assert ask(port, "127.0.0.5", timeout=5) == "10.9.0.3"
         assert time.monotonic() - started >= 0.9

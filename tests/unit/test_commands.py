@@ -50,7 +50,9 @@ def test_setters_and_modes():
     assert ask(state, "blacklist 12") == "12"      # pen answers a numeric setter with the value
     assert ask(state, "mode").startswith("no hash roundrobin")
     assert ask(state, "blacklist") == "12"
-    assert ask(state, "tcp_fastclose") == "both"
+    assert state.tcp_fastclose == "both"
+    # pen's answer to the bare word (it has no form that shows the setting)
+    assert ask(state, "tcp_fastclose") == "do_cmd: ignoring tcp_fastclose without argument\n"
 
 
 def test_server_command_changes_and_adds_servers():
@@ -79,7 +81,7 @@ def test_server_blacklist_seconds_and_clearing():
     ("server x", "server: expected a number"),
     ("acl 12 permit 1.2.3.4", "acl: acl number must be 0-9"),
     ("tcp_fastclose sideways", "usage: tcp_fastclose up|down|both|off"),
-    ("exit", "exit: not allowed (start pen with -X)"),
+    ("exit", "Exit is not enabled; restart with -X flag"),
 ])
 def test_mistakes_answer_one_line(line, message):
     reply = ask(State(), line)
@@ -151,3 +153,50 @@ def test_include_refuses_itself(tmp_path):
 def test_command_line_mistakes(argv, message):
     with pytest.raises(cli.UsageError, match=message.replace("[", r"\[")):
         cli.parse(argv)
+
+
+def test_connections_take_pens_slots():
+    """pen's connection table: the first free slot from the last one taken, below conn_max."""
+    state = State()
+    state.conn_max = 3
+    a, b = state.open_connection(("10.0.0.1", 1)), state.open_connection(("10.0.0.1", 2))
+    assert (a.id, b.id) == (0, 1)
+    state.close_connection(a)
+    c = state.open_connection(("10.0.0.1", 3))
+    assert c.id == 2                                    # from slot 1 on, not back to 0
+    d = state.open_connection(("10.0.0.1", 4))
+    assert d.id == 0                                    # wrapped around
+    assert ask(state, "connection 3") == "Connection 3 out of range\n"
+    assert ask(state, "close 7") == "Connection 7 out of range\n"
+    state.close_connection(b)
+    assert ask(state, "connection 1").startswith("Connection 1:\nstate = 0\n")
+    assert ask(state, "close 1") == "Forcibly closing connection 1\n"
+    e = state.open_connection(("10.0.0.1", 5))
+    f = state.open_connection(("10.0.0.1", 6))          # the table is full: above conn_max
+    assert (e.id, f.id) == (1, 3)
+
+
+def test_source_without_an_argument_shows_it():
+    state = State()
+    assert ask(state, "source") == ""
+    ask(state, "source 127.0.0.1")
+    assert ask(state, "source") == "127.0.0.1"
+
+
+def test_startup_answers_are_printed_as_pen_prints_them(tmp_path):
+    config = tmp_path / "pen.cfg"
+    config.write_text("blacklist 8\nhash\n")
+    state, opts = cli.parse(["-O", "tarpit_acl 2", "-O", "blacklist 7", "-O", "tcp_fastclose",
+                             "-F", str(config), "8080", "127.0.0.1"])
+    assert opts.answers == ("tarpit_acl = 27\n"
+                            "do_cmd: ignoring tcp_fastclose without argument\n8\n")
+
+
+def test_unix_servers_show_port_1_and_survive_write(tmp_path):
+    """pen shows a UNIX socket server with port 1; `write` and a re-read keep its path."""
+    state, _ = cli.parse(["8080", "/run/app.sock", "127.0.0.1:81"])
+    assert ask(state, "servers").startswith("0 addr /run/app.sock port 1 conn 0 ")
+    copy = commands.scratch_copy(state)
+    assert copy.servers[0].endpoint.path == "/run/app.sock"
+    ask(state, "server 0 address /run/other.sock port 1")
+    assert state.servers[0].endpoint.path == "/run/other.sock"

@@ -34,20 +34,25 @@ def connect(state, ip, now=NOW):
 
 def test_new_clients_round_robin_and_tracking_keeps_them():
     state = state_with()
-    assert [connect(state, ip) for ip in (A, B, C)] == [0, 1, 2]
-    assert [connect(state, ip) for ip in (A, B, C)] == [0, 1, 2]
+    # as pen (its last_server starts at 0): the first pick is server 1
+    assert [connect(state, ip) for ip in (A, B, C)] == [1, 2, 0]
+    assert [connect(state, ip) for ip in (A, B, C)] == [1, 2, 0]
 
 
 def test_roundrobin_ignores_the_client_table():
     state = state_with(roundrobin=True)
-    assert [connect(state, A) for _ in range(4)] == [0, 1, 2, 0]
+    assert [connect(state, A) for _ in range(4)] == [1, 2, 0, 1]
+
+
+def test_round_robin_with_one_server_picks_it():
+    assert first(state_with(1)) == 0
 
 
 def test_tracking_time_forgets_old_clients():
     state = state_with(tracking=10)
-    assert connect(state, A) == 0
-    assert connect(state, A, now=NOW + 5) == 0
-    assert connect(state, A, now=NOW + 100) == 1
+    assert connect(state, A) == 1
+    assert connect(state, A, now=NOW + 5) == 1
+    assert connect(state, A, now=NOW + 100) == 2
 
 
 def test_client_table_evicts_least_recently_used():
@@ -70,7 +75,7 @@ def test_failover_goes_to_the_next_servers_in_order_then_emergency():
         tried.append(server.index)
         if server.index >= 0:
             state.blacklist(server, NOW)
-    assert tried == [0, 1, 2, -1]
+    assert tried == [1, 2, 0, -1]
 
 
 def test_blacklisted_server_is_skipped_until_the_time_is_up():
@@ -82,8 +87,24 @@ def test_blacklisted_server_is_skipped_until_the_time_is_up():
 
 def test_stubborn_never_fails_over():
     state = state_with(stubborn=True)
+    state.emergency = state_with(1).servers[0]
     order = list(candidates(state, A, 1, NOW))
-    assert [s.index for s in order] == [0]
+    assert [s.index for s in order] == [1]
+
+
+def test_stubborn_closes_a_client_whose_server_is_unavailable():
+    """man pen: "if the initial choice is unavailable, the client connection is closed
+    without trying another server"; without -s the client goes to another server."""
+    state = state_with(stubborn=True)
+    state.emergency = state_with(1).servers[0]
+    state.clients.touch(A, NOW).server = 2
+    assert first(state, A) == 2
+    state.blacklist(state.servers[2], NOW)
+    assert list(candidates(state, A, 1, NOW)) == []
+    state.servers[2].blacklist_until, state.servers[2].max, state.servers[2].conn = 0, 1, 1
+    assert list(candidates(state, A, 1, NOW)) == []         # full (hard = max): unavailable
+    state.stubborn = False
+    assert first(state, A) in (0, 1)
 
 
 def test_hash_is_predictable_per_client_ip():
@@ -105,7 +126,10 @@ def test_prio_prefers_the_lowest_number_available():
     state = state_with(prio=True, roundrobin=True)
     for server, prio in zip(state.servers, [2, 1, 1], strict=True):
         server.prio = prio
-    assert first(state) in (1, 2)
+    # as pen: of servers with equal prio, always the first in order
+    assert [first(state, ip) for ip in (A, B, C, A)] == [1, 1, 1, 1]
+    state.blacklist(state.servers[1], NOW)
+    assert first(state) == 2
     state.blacklist(state.servers[1], NOW)
     state.blacklist(state.servers[2], NOW)
     assert first(state) == 0
@@ -128,7 +152,7 @@ def test_client_acl_sends_denied_clients_to_the_abuse_server():
     state.client_acl = 1
     state.abuse = state_with(1).servers[0]
     state.abuse.index = -2
-    assert first(state, A) == 0
+    assert first(state, A) == 1
     assert first(state, B) == -2
     state.abuse = None
     assert first(state, B) is None
@@ -145,3 +169,43 @@ def test_server_slot_without_address_is_never_chosen():
     state = state_with(1, roundrobin=True)
     state.server(2)                                      # `server 2` with no address yet
     assert {first(state) for _ in range(4)} == {0}
+
+
+# --- where pen-lb keeps its own behaviour (README: pen-lb beside the C pen) ---------------
+
+def test_weight_zero_counts_as_one_where_pen_closes_every_client():
+    state = state_with(2, weight=True, roundrobin=True)
+    assert [s.weight for s in state.servers] == [0, 0]
+    assert first(state) is not None
+    state.servers[0].conn = 3
+    assert first(state) == 1                   # least connections, as with weight 1
+
+
+def test_hash_spreads_clients_that_differ_only_in_the_last_octet():
+    """pen hashes the address's bytes in memory order: on little-endian machines, with two
+    servers, every client of 127.0.0.0/8 lands on one server. pen-lb's hash spreads them."""
+    import ipaddress
+    state = state_with(2, hash=True)
+    picks = {first(state, ipaddress.ip_address(f"127.0.0.{i}")) for i in range(2, 10)}
+    assert picks == {0, 1}
+
+
+def test_returning_clients_expire_too():
+    """pen never expires the entry of the client it is looking up; pen-lb forgets a client
+    unseen for -T seconds, returning or not."""
+    state = state_with(tracking=10)
+    state.clients.touch(A, NOW).server = 2
+    assert first(state, A, now=NOW + 5) == 2
+    assert state.clients.lookup(A, NOW + 11, 10) is None
+    assert len(state.clients) == 0
+
+
+def test_client_table_shrinks_and_grows_and_keeps_slot_numbers():
+    state = state_with()
+    for i, ip in enumerate((A, B, C)):
+        assert state.clients.touch(ip, NOW + i).slot == i
+    state.clients.resize(2)                    # pen only grows its table
+    assert [c.ip for c in state.clients] == [B, C]
+    assert state.clients.touch(A, NOW + 5).slot == 0        # the slot A's eviction freed
+    state.clients.resize(4)
+    assert state.clients.slots == 4 and len(state.clients) == 2

@@ -30,7 +30,7 @@ def test_snapshot_has_pens_columns():
             s0["sent"], s0["received"], s0["weight"], s0["prio"]) == (
         "127.0.0.1", 81, "up", 2, 10, 20, 1000, 5000, 3, 1)
     assert (s1["state"], s1["blacklisted_for"]) == ("blacklisted", 30)
-    assert snap["clients"] == [{"address": "10.0.0.5", "age": 4, "last_server": 0,
+    assert snap["clients"] == [{"slot": 0, "address": "10.0.0.5", "age": 4, "last_server": 0,
                                 "connects": 3, "sent": 100, "received": 200}]
     [conn] = snap["connections"]
     assert (conn["client"], conn["server"], conn["server_address"], conn["age"]) == (
@@ -39,16 +39,23 @@ def test_snapshot_has_pens_columns():
 
 
 def test_html_page_has_three_tables_with_the_data():
-    page = status.html(status.snapshot(busy_state(), NOW))
+    state = busy_state()
+    state.current = 1                 # pen's "current": the server last connected to
+    page = status.html(status.snapshot(state, NOW))
     assert page.startswith("<html>") and page.rstrip().endswith("</html>")
     assert page.count("<table") == 3
-    assert "2 servers, 1 current" in page
+    assert "Time 2027-01-15 08:00:00, 2 servers, 1 current<p>\n" in page.replace(
+        status.time.strftime("%Y-%m-%d %H:%M:%S", status.time.localtime(NOW)), "2027-01-15 08:00:00")
     rows = re.findall(r"<tr>\n(.*?)</tr>", page, re.S)
     cells = [re.findall(r"<td>(.*?)</td>", row) for row in rows]
-    assert ["0", "127.0.0.1", "up", "81", "2", "10", "20", "1000", "5000", "3", "1"] in cells
-    assert ["1", "::1", "blacklisted", "82", "0", "0", "0", "0", "0", "0", "0"] in cells
+    # pen's columns and values first (status: when the blacklisting began), then ours
+    assert ["0", "127.0.0.1", "0", "81", "2", "10", "20", "1000", "5000", "3", "1", "up"] in cells
+    assert ["1", "::1", str(int(NOW)), "82", "0", "0", "0", "0", "0", "0", "0",
+            "blacklisted"] in cells
     assert ["0", "10.0.0.5", "4", "0", "3", "100", "200"] in cells
-    assert ["0", "10.0.0.5:40000", "0", "127.0.0.1:81", "2", "10", "20"] in cells
+    assert ["0", "-1", "-1", "0", "0", "-1", "0", "10.0.0.5:40000", "127.0.0.1:81", "2", "10",
+            "20"] in cells
+    assert "Number of connections: 500 max, 1 used, 0 last<p><table" in page
 
 
 def test_event_counters_and_datagrams_in_every_form():
