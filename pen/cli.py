@@ -138,7 +138,7 @@ def parse(argv: list[str]) -> tuple[State, Options]:
             raise UsageError(f"-C {control}: {e}") from None
     if state.config_file:                    # -F: after -O, as pen reads it
         try:
-            opts.answers += commands.run_file(state, state.config_file)
+            opts.answers += commands.load_config(state, state.config_file)
         except commands.CommandError as e:
             raise UsageError(f"-F {e}") from None
     return state, opts

@@ -634,11 +634,35 @@ def scratch_copy(state: State) -> State:
     return copy
 
 
+def load_config(state: State, path: str) -> str:
+    """-F at start-up: run the file (its answers back) and remember the servers it
+    defines, so that a reload of a file that no longer defines one removes it."""
+    answers = run_file(state, path)
+    state.config_servers = _defined_servers(path)
+    return answers
+
+
 def reload_file(state: State, path: str) -> None:
     """SIGHUP: re-read the -F file, all or nothing. It runs against a scratch copy first;
-    only if every line passes there does it run for real."""
+    only if every line passes there does it run for real. A server the file defined
+    before and no longer does is removed (its slot emptied: connections to it finish)."""
     run_file(scratch_copy(state), path)
     run_file(state, path)
+    defined = _defined_servers(path)
+    for index in sorted(state.config_servers - defined):
+        state.remove_server(index)
+    state.config_servers = defined
+
+
+def _defined_servers(path: str) -> set[int]:
+    """The server numbers a config file's own `server N ...` lines name."""
+    try:
+        with open(path, encoding="utf-8", errors="replace") as f:
+            lines = f.read().splitlines()
+    except OSError:
+        return set()
+    return {int(words[1]) for words in map(split, lines)
+            if len(words) > 1 and words[0] == "server" and words[1].isdigit()}
 
 
 def run_file(state: State, path: str) -> str:

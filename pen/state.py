@@ -245,6 +245,7 @@ class State:
         self.listen: Endpoint | None = None
         self.control: Endpoint | None = None
         self.config_file: str | None = None
+        self.config_servers: set[int] = set()   # the servers the -F file defines
         self.allow_exit = False
         self.udp = False
         # live
@@ -263,6 +264,12 @@ class State:
         while len(self.servers) <= index:
             self.servers.append(Server(len(self.servers)))
         return self.servers[index]
+
+    def remove_server(self, index: int) -> None:
+        """Empty slot index: no new client goes there; connections to it keep their Server
+        and finish (pen's numbering stays: the other servers keep theirs)."""
+        if 0 <= index < len(self.servers):
+            self.servers[index] = Server(index)
 
     def blacklist(self, server: Server, now: float, seconds: float | None = None) -> None:
         server.blacklist_until = now + (self.blacklist_time if seconds is None else seconds)

@@ -203,3 +203,31 @@ def test_systemd_hears_ready_reloading_and_the_new_main_pid(backends, tmp_path):
         if new and alive(new):
             os.kill(new, signal.SIGKILL)
         listener.close()
+
+
+def test_a_reload_removes_the_servers_the_file_dropped_and_lets_their_connections_finish(
+        backends, tmp_path):
+    lines = [f"server {i} address 127.0.0.1 port {b.port}\n" for i, b in enumerate(backends)]
+    cfg = tmp_path / "pen.cfg"
+    cfg.write_text("".join(lines) + "roundrobin\n")
+    port = free_port()
+    pen = Pen("-d", "-F", str(cfg), f"127.0.0.1:{port}", wait=("127.0.0.1", port))
+    try:
+        url = f"http://127.0.0.1:{port}/"
+        assert {curl_json(url)["name"] for _ in range(4)} == {"a", "b"}
+        download = {}
+        loader = threading.Thread(target=lambda: download.update(
+            body=slow_download(port, 4 << 20)), daemon=True)
+        loader.start()
+        victim = wait_for(lambda: [i for i, b in enumerate(backends)
+                                   if any(r["path"].startswith("/bytes/") for r in b.requests)],
+                          what="the download to reach a server")[0]
+        survivor = backends[1 - victim].name
+        cfg.write_text(lines[1 - victim] + "roundrobin\n")   # the file drops the victim
+        pen.proc.send_signal(signal.SIGHUP)
+        wait_for(lambda: "re-read" in pen.output(), what="the reload")
+        assert {curl_json(url)["name"] for _ in range(6)} == {survivor}
+        loader.join(30)
+        assert download["body"] == pattern(4 << 20)          # its connection finished whole
+    finally:
+        pen.stop()

@@ -127,6 +127,22 @@ def test_proxy_protocol_settings_are_commands_that_write_keeps(tmp_path):
     assert ask(again, "no accept_proxy") == "" and again.accept_proxy == -1
 
 
+def test_a_reload_removes_servers_the_file_no_longer_defines(tmp_path):
+    cfg = tmp_path / "pen.cfg"
+    cfg.write_text("server 1 address 127.0.0.1 port 82\nserver 2 address 127.0.0.1 port 83\n")
+    state = state_from("8080", "127.0.0.1:81")
+    commands.load_config(state, str(cfg))
+    ask(state, "server 3 address 127.0.0.1 port 84")          # added by penctl, not the file
+    cfg.write_text("server 2 address 127.0.0.1 port 85\n")
+    commands.reload_file(state, str(cfg))
+    assert [(s.index, s.port) for s in state.servers] == [(0, 81), (1, 0), (2, 85), (3, 84)]
+    assert state.servers[1].endpoint is None                   # an empty slot: never chosen
+    cfg.write_text("server 2 address 127.0.0.1 port bad\n")
+    with pytest.raises(commands.CommandError):                 # all or nothing
+        commands.reload_file(state, str(cfg))
+    assert state.servers[2].port == 85 and state.config_servers == {2}
+
+
 def test_config_file_errors_name_file_and_line(tmp_path):
     cfg = tmp_path / "bad.cfg"
     cfg.write_text("# comment\nhash\nblacklist soon\n")
