@@ -29,6 +29,7 @@ from .addr import client_ip
 from .errors import UsageError
 from .logs import ConnectionLog, Throttled
 from .mmsg import best as best_batch
+from .proxy_protocol import build
 from .select import candidates
 from .sockets import bind, server_socket
 from .state import Server, State
@@ -75,7 +76,7 @@ class Session:
 
     __slots__ = ("balancer", "client", "key", "ip", "server", "sock", "dest", "dest_name",
                  "reader", "conn", "last", "pending", "pending_since", "unanswered",
-                 "answered", "closed")
+                 "answered", "closed", "header")
 
     def __init__(self, balancer: "UdpBalancer", key, client, ip) -> None:
         self.balancer = balancer
@@ -88,6 +89,7 @@ class Session:
         self.unanswered = 0
         self.answered = False
         self.closed = False
+        self.header: bytes | None = None       # PROXY v2 (proxy_protocol v2) before each datagram
 
     # choosing and switching servers ----------------------------------------------------
 
@@ -106,6 +108,7 @@ class Session:
         self.dest = server.endpoint.sockaddr
         self.dest_name = self.balancer.batch.name(self.dest)
         self.answered, self.unanswered = False, 0
+        self.header = self.balancer.proxy_header(server, self.client)
         self.reader = gevent.get_hub().loop.io(sock.fileno(), 1)
         self.reader.start(self.from_server, sock)
         if old_reader is not None:
@@ -144,6 +147,8 @@ class Session:
 
     def forward(self, slots: list) -> None:
         """Send the client's datagrams in these batch slots to the server, in order."""
+        if self.header is not None:
+            return self.forward_with_header(slots)
         batch = self.balancer.batch
         now = time.monotonic()
         self.last = now
@@ -177,11 +182,23 @@ class Session:
         self.unanswered += datagrams
         self.conn.to_server(nbytes, datagrams)
 
+    def forward_with_header(self, slots: list) -> None:
+        """forward() for a server that takes PROXY v2: each datagram is copied behind the
+        header and sent on its own (the slow path; only with proxy_protocol v2)."""
+        batch = self.balancer.batch
+        self.last = time.monotonic()
+        if not self.pending_since:
+            self.pending_since = self.last
+        for i in slots:
+            self.pending = batch.copy(i)
+            self.resend()
+
     def resend(self) -> None:
         """Send the pending datagram again (to the server a failover chose)."""
         self.unanswered += 1
         try:
-            self.sock.sendto(self.pending, self.dest)
+            self.sock.sendto(self.pending if self.header is None else self.header + self.pending,
+                             self.dest)
         except OSError as e:
             self.balancer.state.count("udp_send_errors")
             log.debug("UDP: send to %s: %s", self.dest, e)
@@ -287,6 +304,13 @@ class UdpBalancer:
             sock.close()
             raise
         return sock
+
+    def proxy_header(self, server: Server, client) -> bytes | None:
+        """The PROXY v2 header for client's datagrams to server, if it takes one (v1 has
+        no datagram form: a server set to v1 gets plain datagrams)."""
+        if server.proxy_version(self.state.proxy_protocol) != 2:
+            return None
+        return build(2, client, self.sock.getsockname(), datagram=True)
 
     # sessions --------------------------------------------------------------------------
 

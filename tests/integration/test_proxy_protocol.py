@@ -12,10 +12,12 @@ import shutil
 import socket
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
 
+from pen.proxy_protocol import parse
 from support import ROOT, curl, curl_json, free_port, wait_for
 
 pytestmark = pytest.mark.skipif(not (shutil.which("haproxy") and shutil.which("nginx"))
@@ -175,3 +177,48 @@ def test_haproxy_behind_pen_with_one_server_set_to_v2(start_pen, peers):
     pen, port = start_pen("-O", f"server 0 address 127.0.0.1 port {back} proxy_protocol v2",
                           servers=[f"127.0.0.1:{back}"])
     assert curl(f"http://127.0.0.1:{port}/", interface="127.0.0.5").strip() == "127.0.0.5"
+
+
+def test_udp_servers_set_to_v2_get_the_client_in_front_of_every_datagram(start_pen):
+    """-U with proxy_protocol v2: each datagram to the server starts with a v2 header (DGRAM)
+    naming the client; the server's answers reach the client as they are."""
+    server = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    server.bind(("127.0.0.1", 0))
+    server.settimeout(10)
+    seen = []
+
+    def serve():
+        for _ in range(3):
+            try:
+                data, peer = server.recvfrom(2048)
+            except OSError:
+                return
+            header = parse(data)
+            seen.append(header)
+            server.sendto(b"%s:%d %s" % (header.source[0].encode(), header.source[1],
+                                         data[header.length:]), peer)
+    threading.Thread(target=serve, daemon=True).start()
+    port = free_port(kind=socket.SOCK_DGRAM)
+    pen, _ = start_pen("-U", "-O", "proxy_protocol v2",
+                       servers=[f"127.0.0.1:{server.getsockname()[1]}"],
+                       listen=f"127.0.0.1:{port}", wait=False)
+    client = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    client.bind(("127.0.0.6", 0))
+    client.settimeout(5)
+    me = "127.0.0.6:%d" % client.getsockname()[1]
+
+    def ask(payload):
+        client.sendto(payload, ("127.0.0.1", port))
+        return client.recv(2048)
+    assert wait_for(lambda: _answer(ask, b"one"), what="pen -U to answer") == f"{me} one".encode()
+    assert ask(b"two") == f"{me} two".encode()
+    assert all(h.version == 2 and h.destination == ("127.0.0.1", port) for h in seen)
+    client.close()
+    server.close()
+
+
+def _answer(ask, payload):
+    try:
+        return ask(payload)
+    except TimeoutError:
+        return None
