@@ -131,6 +131,7 @@ for _name in ("hash", "roundrobin", "stubborn", "weight", "prio", "http", "tcp_n
               "keepalive", "ascii"):
     flag(_name)
 flag("transparent")
+flag("maglev")
 flag("ssl_backend")
 # Obsolete in pen 0.26+ and accepted as no-ops so that pen's own `write` output loads.
 for _name in ("block", "delayed_forward", "abort_on_error"):
@@ -228,7 +229,8 @@ def ssl_option(state: State, args: list) -> str:
 @command("mode")
 def mode(state: State, args: list) -> str:
     names = ("hash", "roundrobin", "stubborn", "weight", "prio")
-    return " ".join(n if getattr(state, n) else "no " + n for n in names)
+    answer = " ".join(n if getattr(state, n) else "no " + n for n in names)
+    return answer + " maglev" if state.maglev else answer      # pen's answer while off
 
 
 # --- servers and access lists ---------------------------------------------------------
@@ -556,6 +558,8 @@ def dump(state: State) -> str:
         lines.append(f"ssl_sni_path {state.ssl_sni_path}")
     if state.ssl_backend:
         lines.append("ssl_backend")
+    if state.maglev:
+        lines.append("maglev")
     if state.proxy_protocol != "off":
         lines.append(f"proxy_protocol {state.proxy_protocol}")
     if state.accept_proxy >= 0:

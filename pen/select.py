@@ -39,6 +39,8 @@ def _by_mode(state: State, ip, port, now: float) -> Server | None:
     servers = state.servers
     if not servers:
         return None
+    if state.maglev:        # over hash: the same server for a client on every box
+        return _by_maglev(state, ip, now)
     if state.hash:
         start = client_hash(ip, port, state.roundrobin) % len(servers)
         for server in _rotation(servers, start):
@@ -57,6 +59,21 @@ def _by_mode(state: State, ip, port, now: float) -> Server | None:
         chosen = ring[0]
     state.rr_cursor = chosen.index
     return chosen
+
+
+def _by_maglev(state: State, ip, now: float) -> Server | None:
+    """The client's server in the Maglev table of the servers that are up; if it is full
+    or its ACL denies this client, the next available one in order."""
+    servers = state.servers
+    up = [(s.index, f"{s.address}:{s.port}", s.weight or 1) for s in servers
+          if s.endpoint is not None and not s.blacklisted(now)]
+    index = state.maglev_table.lookup(up, ip.packed if ip is not None else b"")
+    if index is None:
+        return None
+    for server in _rotation(servers, index):
+        if available(state, server, ip, now):
+            return server
+    return None
 
 
 def initial(state: State, ip, port, now: float) -> Server | None:

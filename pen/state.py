@@ -22,6 +22,7 @@ from typing import Any, Callable
 from .acl import AccessLists
 from .addr import Endpoint
 from .hooks import OFFLINE, ProcessHooks
+from .maglev import Maglev
 
 log = logging.getLogger("pen")
 
@@ -194,6 +195,8 @@ class State:
         self.stubborn = False
         self.weight = False
         self.prio = False
+        self.maglev = False
+        self.maglev_table = Maglev()
         self.blacklist_time = 30
         self.tracking = 0
         self.timeout = 3.0
