@@ -6,7 +6,7 @@ select.candidates) and sends its datagrams from the session's own backend socket
 all in one call. Server -> client: a read callback on that socket answers the client from
 the listen socket the same way. No greenlet switch, and a datagram is never copied into a
 Python object unless it must be kept for a failover. A sweeper greenlet ends idle sessions
-and fails over from silent servers. The decisions are select's and udptable's; this module
+and passes datagrams on from silent servers. The decisions are select's and udptable's; this module
 only moves datagrams.
 
 The backend socket is not connected: it takes datagrams from the server's IP on any port
@@ -74,7 +74,7 @@ class Session:
 
     __slots__ = ("balancer", "client", "key", "ip", "server", "sock", "dest", "dest_name",
                  "reader", "conn", "entry", "last", "pending", "pending_since", "unanswered",
-                 "answered", "closed")
+                 "answered", "tried", "closed")
 
     def __init__(self, balancer: "UdpBalancer", key, client, ip) -> None:
         self.balancer = balancer
@@ -86,6 +86,7 @@ class Session:
         self.pending_since = 0.0
         self.unanswered = 0
         self.answered = False
+        self.tried: list[Server] = []          # servers left behind since the last answer
         self.closed = False
 
     # choosing and switching servers ----------------------------------------------------
@@ -120,14 +121,35 @@ class Session:
         return True
 
     def fail_over(self, why: str) -> None:
-        """Blacklist the server, move to the next candidate, and resend what is unanswered."""
+        """The server refused (ICMP): blacklist it, move on and resend what is unanswered.
+        A refusal comes from the server's host, so no client can forge it."""
         state, failed = self.balancer.state, self.server
         failed.failures += 1
         state.blacklist(failed, time.time())
         log.warning("server %s (%s) %s; blacklisted for %ss", failed.index, failed.endpoint,
                     why, state.blacklist_time)
+        self.move_on()
+
+    def silent(self) -> None:
+        """The server left the pending datagram unanswered for -t. Silence is evidence any
+        client can forge (a spoofed source, a query no server answers), so it takes no server
+        out: the datagram moves on to a server this session has not tried, and when none is
+        left the session ends. Silence asks for a health check: once checks exist, this is
+        where one is requested for self.server (only a failed check may blacklist it)."""
+        self.balancer.count("udp_silent")
+        self.balancer.log_silence("server %s (%s) left a datagram unanswered for %ss; "
+                                  "passing it on (not blacklisted: silence can be forged)",
+                                  self.server.index, self.server.endpoint,
+                                  self.balancer.state.timeout)
+        self.move_on()
+
+    def move_on(self) -> None:
+        """Attach to the next candidate not tried yet and resend the pending datagram;
+        close the session when every candidate has been tried."""
+        state = self.balancer.state
+        self.tried.append(self.server)
         for server in candidates(state, self.ip, self.client[1], time.time()):
-            if server is not failed and self.attach(server):
+            if all(server is not old for old in self.tried) and self.attach(server):
                 break
         else:
             self.close()
@@ -244,6 +266,7 @@ class Session:
         self.last = time.monotonic()
         self.pending, self.pending_since = None, 0.0
         self.unanswered, self.answered = 0, True
+        self.tried.clear()
         nbytes = batch.size_of(slots)
         server = self.server
         server.rx += nbytes
@@ -295,6 +318,7 @@ class UdpBalancer:
         self.sweeping = None
         self.closed = False
         self.warn = Throttled(logging.WARNING)   # our own shortage: once a minute, not per datagram
+        self.log_silence = Throttled(logging.WARNING)   # clients can cause it: once a minute
 
     def count(self, what: str) -> None:
         self.state.counters[what] += 1
@@ -380,8 +404,7 @@ class UdpBalancer:
                 session.close()
             for session in silent:
                 if not session.closed:
-                    self.count("udp_silent")
-                    session.fail_over(f"left a datagram unanswered for {state.timeout}s")
+                    session.silent()
 
     # the runtime's listener interface --------------------------------------------------
 
