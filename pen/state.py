@@ -133,6 +133,7 @@ class Connection:
     sx: int = 0                   # bytes sent to the server
     rx: int = 0                   # bytes received from the server
     close: Callable[[], None] | None = None
+    relay: Any = None             # its relay.Relay while bytes move (.last: when they last did)
 
 
 class State:

@@ -17,7 +17,7 @@ import gevent
 from gevent import socket as gsocket
 from greenlet import getcurrent
 
-from . import relay, workers
+from . import evict, relay, workers
 from .addr import client_ip
 from .daemon import Throttled
 from .http import ForwardedFor
@@ -36,8 +36,11 @@ class Closed(Exception):
 
 class Listener:
     """Accepts clients from the hub's loop, up to max_accept per wake-up, and hands each
-    one to a worker greenlet. Stops accepting while -x connections are open (resumes
-    as they end) and pauses, logging once, instead of spinning when out of fds."""
+    one to a worker greenlet. While -x connections are open, a newcomer takes the place of
+    the longest-idle connection of the address holding the most (evict.victim: slowloris
+    from a few addresses cannot lock others out), or is closed if its own address holds
+    as many; never more than -x at once. Out of fds, it pauses, logging once, instead of
+    spinning."""
 
     max_accept = 100
 
@@ -65,16 +68,31 @@ class Listener:
         return len(state.connections) >= state.conn_max
 
     def resume(self) -> None:
-        """Accept (again): at start, after a pause, and when a connection ends under -x."""
-        if self.started and not self.watcher.active and not self.full():
+        """Accept (again): at start and after a pause for fds."""
+        if self.started and not self.watcher.active:
             self.watcher.start(self.accept)
+
+    def make_room(self, address) -> bool:
+        """-x is full: close the longest-idle connection of the address holding the most,
+        if it holds at least two more than the newcomer's address. False: no room."""
+        state = self.balancer.state
+        now, wall = time.monotonic(), time.time()
+        held = [evict.Held(conn, _address_key(conn.client), _last_moved(conn, now, wall))
+                for conn in state.connections.values() if conn.close is not None]
+        gone = evict.victim(held, _address_key(address))
+        if gone is None:
+            state.counters["conn_refused_full"] += 1
+            return False
+        state.counters["conn_evicted_full"] += 1
+        log.debug("connection %d (%s) closed for a newcomer: -x is full", gone.key.id,
+                  gone.key.client)
+        gone.key.close()
+        return True
 
     def accept(self) -> None:
         family, balancer = self.family, self.balancer
         for _ in range(self.max_accept):
-            if self.full():
-                self.watcher.stop()
-                return
+            full = self.full()
             try:
                 fd, address = self.socket._accept()
             except BlockingIOError:
@@ -94,9 +112,24 @@ class Listener:
                 log.debug("accept: %s", e)
                 os.close(fd)
                 continue
+            if full and not self.make_room(address):
+                client.close()
+                continue
             client.setblocking(False)
             conn = balancer.state.open_connection(address)
             workers.spawn(balancer.handle, conn, client, address)
+            if full:          # the evicted one ends before the next accept: one at a time
+                return
+
+
+def _address_key(address):
+    """Connections are grouped by client IP (as text: cheap); UNIX peers form one group."""
+    return address[0] if isinstance(address, tuple) else None
+
+
+def _last_moved(conn: Connection, now: float, wall: float) -> float:
+    """When the connection last moved a byte (monotonic); before its relay, when accepted."""
+    return conn.relay.last if conn.relay is not None else now - (wall - conn.started)
 
 
 def connect(sock, sockaddr, timeout) -> None:
@@ -258,8 +291,12 @@ class TcpBalancer:
         if state.log is not None:
             transform = _Tap(transform, _first_line(lambda line: self.log_line(
                 f"{ip} {int(time.time())} {server.endpoint.address} {line}")))
-        relay.Relay(client, upstream, state.idle_timeout, to_server, to_client, transform,
-                    state.tcp_fastclose, reply).run()
+        conn.relay = relay.Relay(client, upstream, state.idle_timeout, to_server, to_client,
+                                 transform, state.tcp_fastclose, reply)
+        try:
+            conn.relay.run()
+        finally:
+            conn.relay = None
 
 
 class _Tap:

@@ -26,6 +26,7 @@ from support import (
     open_fds,
     pattern,
     run_pen,
+    server_conns,
     slow_download,
     steady_fds,
     wait_for,
@@ -213,12 +214,13 @@ def test_idle_timeout_closes_a_silent_client(backends, start_pen):
         assert 0.9 <= time.monotonic() - started < 5
 
 
-def test_connection_limit_stops_accepting_until_one_ends(backends, start_pen):
+def test_connection_limit_refuses_the_same_address_until_one_ends(backends, start_pen):
     pen, port = start_pen("-x", "1", servers=[backends[0].spec])
+    wait_for(lambda: server_conns(pen) == 0, what="start-up's probe to end")
     holder = socket.create_connection(("127.0.0.1", port), timeout=5)
-    wait_for(lambda: "conn 1" in curl_servers_via_usr1(pen), what="the first connection")
+    wait_for(lambda: server_conns(pen) == 1, what="the first connection")
     with pytest.raises(AssertionError, match="failed"):
-        curl(url(port), timeout=1)             # queued in the backlog, never served
+        curl(url(port), timeout=1)             # closed at once: its address holds -x already
     holder.close()
     assert curl_json(url(port))["name"] == "a"
 
