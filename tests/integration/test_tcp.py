@@ -215,8 +215,9 @@ def test_idle_timeout_closes_a_silent_client(backends, start_pen):
 
 
 def test_connection_limit_refuses_the_same_address_until_one_ends(backends, start_pen):
-    pen, port = start_pen("-x", "1", servers=[backends[0].spec])
-    wait_for(lambda: server_conns(pen) == 0, what="start-up's probe to end")
+    pen, port = start_pen("-d", "-d", "-x", "1", servers=[backends[0].spec])
+    # -d -d logs each connection's end: start-up's probe must be gone before the holder
+    wait_for(lambda: "connection 0 closed" in pen.output(), what="start-up's probe to end")
     holder = socket.create_connection(("127.0.0.1", port), timeout=5)
     wait_for(lambda: server_conns(pen) == 1, what="the first connection")
     with pytest.raises(AssertionError, match="failed"):

@@ -37,7 +37,8 @@ def test_slowloris_from_five_addresses_does_not_lock_out_a_new_client(backends, 
     accepting and a new client waited forever. Now the 100 newcomers from addresses that
     already hold the most are closed, and a client from a sixth address takes the place of
     the longest-idle slow connection at once."""
-    pen, port = start_pen(servers=[backends[0].spec])
+    pen, port = start_pen("-d", "-d", servers=[backends[0].spec])    # -d -d: see below
+    wait_for(lambda: "connection 0 closed" in pen.output(), what="start-up's probe to end")
     held = [slow(port, f"127.0.0.{2 + i % 5}") for i in range(600)]
     try:
         wait_for(lambda: server_conns(pen) == 500, timeout=30, what="500 slow connections")
@@ -90,8 +91,9 @@ def test_x_caps_at_exactly_n(start_pen):
     """-x 5: a sixth connection from an address holding the most is closed at once; one
     from an address holding fewer replaces the longest-idle connection: always 5 open."""
     backend = CountingServer()
-    pen, port = start_pen("-x", "5", servers=[f"127.0.0.1:{backend.port}"])
-    wait_for(lambda: server_conns(pen) == 0, what="start-up's probe to end")
+    pen, port = start_pen("-d", "-d", "-x", "5", servers=[f"127.0.0.1:{backend.port}"])
+    # -d -d logs each connection's end: start-up's probe must not count against -x
+    wait_for(lambda: "connection 0 closed" in pen.output(), what="start-up's probe to end")
 
     def relayed(send):
         """Do send(), and wait until pen has moved its bytes (so idle times are ordered)."""
