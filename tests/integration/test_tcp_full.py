@@ -37,7 +37,8 @@ def test_slowloris_from_five_addresses_does_not_lock_out_a_new_client(backends, 
     accepting and a new client waited forever. Now the 100 newcomers from addresses that
     already hold the most are closed, and a client from a sixth address takes the place of
     the longest-idle slow connection at once."""
-    pen, port = start_pen("-d", "-d", servers=[backends[0].spec])    # -d -d: see below
+    pen, port = start_pen("-d", "-d", servers=[backends[0].spec])
+    # -d -d logs each connection's end: start-up's probe must not count against -x
     wait_for(lambda: "connection 0 closed" in pen.output(), what="start-up's probe to end")
     held = [slow(port, f"127.0.0.{2 + i % 5}") for i in range(600)]
     try:
