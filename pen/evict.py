@@ -9,7 +9,8 @@ fewer, and the limit itself is never exceeded.
 
 from __future__ import annotations
 
-from typing import Any, Iterable, NamedTuple
+from collections import Counter
+from typing import Any, Iterable, Mapping, NamedTuple
 
 
 class Held(NamedTuple):
@@ -21,21 +22,28 @@ class Held(NamedTuple):
     since: float
 
 
-def victim(held: Iterable[Held], newcomer_ip, lead: int = 2) -> Held | None:
-    """The client that gives way to a newcomer from newcomer_ip, or None (the newcomer
-    waits or goes): the longest-idle client of the address holding the most, provided that
-    address holds at least `lead` more than the newcomer's does now. With lead 2 the swap
+def giving_way(counts: Mapping[Any, int], newcomer_ip, lead: int = 2) -> set:
+    """The addresses whose longest-idle client may give way to a newcomer from newcomer_ip
+    (counts: clients held per address): those holding the most, provided they hold at
+    least `lead` more than the newcomer's does now; empty if none. With lead 2 the swap
     never leaves the victim's address with fewer than the newcomer's (no ping-pong between
     two addresses); lead 0 lets an address's newcomer replace its own longest-idle client."""
-    counts: dict[Any, int] = {}
-    oldest: dict[Any, Held] = {}
-    for h in held:
-        counts[h.ip] = counts.get(h.ip, 0) + 1
-        if h.ip not in oldest or h.since < oldest[h.ip].since:
-            oldest[h.ip] = h
     if not counts:
-        return None
+        return set()
     top = max(counts.values())
     if top < counts.get(newcomer_ip, 0) + lead:
-        return None
-    return min((oldest[ip] for ip, n in counts.items() if n == top), key=lambda h: h.since)
+        return set()
+    return {ip for ip, n in counts.items() if n == top}
+
+
+def longest_idle(held: Iterable[Held], addresses: set) -> Held | None:
+    """The longest-idle client of these addresses."""
+    return min((h for h in held if h.ip in addresses), key=lambda h: h.since, default=None)
+
+
+def victim(held: Iterable[Held], newcomer_ip, lead: int = 2) -> Held | None:
+    """The client that gives way to a newcomer from newcomer_ip, or None (the newcomer
+    waits or goes): giving_way's longest-idle client."""
+    held = list(held)
+    counts = Counter(h.ip for h in held)
+    return longest_idle(held, giving_way(counts, newcomer_ip, lead))

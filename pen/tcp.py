@@ -12,6 +12,7 @@ import logging
 import os
 import socket
 import time
+from collections import Counter
 
 import gevent
 from gevent import socket as gsocket
@@ -72,14 +73,19 @@ class Listener:
         if self.started and not self.watcher.active:
             self.watcher.start(self.accept)
 
-    def make_room(self, address) -> bool:
+    def make_room(self, key) -> bool:
         """-x is full: close the longest-idle connection of the address holding the most,
-        if it holds at least two more than the newcomer's address. False: no room."""
-        state = self.balancer.state
-        now, wall = time.monotonic(), time.time()
-        held = [evict.Held(conn, _address_key(conn.client), _last_moved(conn, now, wall))
-                for conn in state.connections.values() if conn.close is not None]
-        gone = evict.victim(held, _address_key(address))
+        if it holds at least two more than the newcomer's address. False: no room.
+        (Refusing costs a look at the per-address counts; only an eviction scans.)"""
+        balancer = self.balancer
+        state = balancer.state
+        addresses = evict.giving_way(balancer.holding, key)
+        gone = None
+        if addresses:
+            now, wall = time.monotonic(), time.time()
+            gone = evict.longest_idle(
+                (evict.Held(conn, _address_key(conn.client), _last_moved(conn, now, wall))
+                 for conn in state.connections.values() if conn.close is not None), addresses)
         if gone is None:
             state.counters["conn_refused_full"] += 1
             return False
@@ -112,11 +118,13 @@ class Listener:
                 log.debug("accept: %s", e)
                 os.close(fd)
                 continue
-            if full and not self.make_room(address):
+            key = _address_key(address)
+            if full and not self.make_room(key):
                 client.close()
                 continue
             client.setblocking(False)
             conn = balancer.state.open_connection(address)
+            balancer.holding[key] += 1
             workers.spawn(balancer.handle, conn, client, address)
             if full:          # the evicted one ends before the next accept: one at a time
                 return
@@ -125,6 +133,13 @@ class Listener:
 def _address_key(address):
     """Connections are grouped by client IP (as text: cheap); UNIX peers form one group."""
     return address[0] if isinstance(address, tuple) else None
+
+
+def _release(holding: Counter, key) -> None:
+    if holding[key] <= 1:
+        holding.pop(key, None)            # no zero entries: the table stays bounded by -x
+    else:
+        holding[key] -= 1
 
 
 def _last_moved(conn: Connection, now: float, wall: float) -> float:
@@ -185,6 +200,7 @@ class TcpBalancer:
         self.listener = Listener(sock, self)
         self.log_line = log_line or (lambda text: None)
         self.connect_hooks = []          # fn(sock, server, client_address): transparent, source
+        self.holding: Counter = Counter()   # connections per client address, for -x full
 
     # Layers over the byte streams (tls.TlsBalancer: TLS towards clients and/or servers).
     def wrap_client(self, client, address):
@@ -266,6 +282,7 @@ class TcpBalancer:
             log.debug("connection %d closed: %d bytes to the server, %d to the client",
                       conn.id, conn.sx, conn.rx)
             state.close_connection(conn)
+            _release(self.holding, _address_key(address))
             conn.close = None                   # (a cycle through the closure otherwise)
             _close(client or accepted, upstream)
             self.listener.resume()

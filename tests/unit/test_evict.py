@@ -3,7 +3,7 @@
 from hypothesis import given
 from hypothesis import strategies as st
 
-from pen.evict import Held, victim
+from pen.evict import Held, giving_way, longest_idle, victim
 
 
 def held(*specs):
@@ -54,3 +54,18 @@ def test_the_victim_is_always_from_a_biggest_holder_with_the_lead(specs, newcome
     assert counts[chosen.ip] == max(counts.values())
     assert counts[chosen.ip] >= counts.get(newcomer, 0) + lead
     assert chosen.since == min(h.since for h in clients if h.ip == chosen.ip)
+
+
+def test_giving_way_reads_only_the_counts():
+    counts = {"a": 5, "b": 5, "c": 3}
+    assert giving_way(counts, "new") == {"a", "b"}
+    assert giving_way(counts, "c") == {"a", "b"}            # 5 >= 3 + 2
+    assert giving_way(counts, "a") == set()
+    assert giving_way({}, "a") == set()
+    assert giving_way({"a": 1}, "a", lead=0) == {"a"}
+
+
+def test_longest_idle_of_the_addresses_given():
+    clients = held(("a", 5.0), ("b", 1.0), ("a", 3.0))
+    assert longest_idle(clients, {"a"}).key == 2
+    assert longest_idle(clients, set()) is None
