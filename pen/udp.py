@@ -6,8 +6,8 @@ select.candidates) and sends its datagrams from the session's own backend socket
 all in one call. Server -> client: a read callback on that socket answers the client from
 the listen socket the same way. No greenlet switch, and a datagram is never copied into a
 Python object unless it must be kept for a failover. A sweeper greenlet ends idle sessions
-and passes datagrams on from silent servers. The decisions are select's and udptable's; this module
-only moves datagrams.
+and passes datagrams on from silent servers. The decisions are select's and udptable's;
+this module only moves datagrams.
 
 The backend socket is not connected: it takes datagrams from the server's IP on any port
 and sends the client's next datagrams to the port the server last answered from. That is
