@@ -168,6 +168,7 @@ class Connection:
     close: Callable[[], None] | None = None
     downfd: int = -1              # the client's socket, for `connection N` as pen shows it
     upfd: int = -1                # the server's
+    relay: Any = None             # its relay.Relay while bytes move (.last: when they last did)
 
     # bytes moved: the connection's, its server's and its client's counters at once
     def to_server(self, nbytes: int, datagrams: int = 0) -> None:

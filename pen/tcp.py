@@ -11,12 +11,13 @@ import logging
 import os
 import socket
 import time
+from collections import Counter
 
 import gevent
 from gevent import socket as gsocket
 from greenlet import getcurrent
 
-from . import relay, workers
+from . import evict, relay, workers
 from .addr import client_ip
 from .http import ForwardedFor
 from .logs import ConnectionLog, Throttled
@@ -34,9 +35,11 @@ class Closed(Exception):
 
 class Listener:
     """Accepts clients from the hub's loop, up to max_accept (-m) per wake-up, and hands
-    each one to a worker greenlet running balancer.handle. Stops accepting while -x
-    connections are open (resumes as they end) and pauses, logging once, instead of
-    spinning when out of fds."""
+    each one to a worker greenlet running balancer.handle. While -x connections are open,
+    a newcomer takes the place of the longest-idle connection of the address holding the
+    most (evict.victim: slowloris from a few addresses cannot lock others out), or is
+    closed if its own address holds as many; never more than -x at once. Out of fds, it
+    pauses, logging once, instead of spinning."""
 
     def __init__(self, sock, balancer: "TcpBalancer", max_accept: int) -> None:
         sock.setblocking(False)
@@ -65,18 +68,38 @@ class Listener:
         return len(state.connections) >= state.conn_max
 
     def resume(self) -> None:
-        """Accept (again): at start, after a pause, and when a connection ends under -x."""
-        if self.started and not self.watcher.active and not self.full():
+        """Accept (again): at start and after a pause for fds."""
+        if self.started and not self.watcher.active:
             self.watcher.start(self.accept)
+
+    def make_room(self, key) -> bool:
+        """-x is full: close the longest-idle connection of the address holding the most,
+        if it holds at least two more than the newcomer's address. False: no room.
+        (Refusing costs a look at the per-address counts; only an eviction scans.)"""
+        balancer = self.balancer
+        state = balancer.state
+        addresses = evict.giving_way(balancer.holding, key)
+        gone = None
+        if addresses:
+            now, wall = time.monotonic(), time.time()
+            gone = evict.longest_idle(
+                (evict.Held(conn, _address_key(conn.client), _last_moved(conn, now, wall))
+                 for conn in state.connections.values() if conn.close is not None), addresses)
+        if gone is None:
+            state.counters["conn_refused_full"] += 1
+            return False
+        state.counters["conn_evicted_full"] += 1
+        log.debug("connection %d (%s) closed for a newcomer: -x is full", gone.key.id,
+                  gone.key.client)
+        gone.key.close()
+        return True
 
     def accept(self) -> None:
         """A read callback on the listen socket: take up to max_accept clients, register
         each as a connection (so -x counts it at once) and hand it to a worker."""
         family, balancer = self.family, self.balancer
         for _ in range(self.max_accept):
-            if self.full():
-                self.watcher.stop()
-                return
+            full = self.full()
             try:
                 fd, address = self.socket._accept()
             except BlockingIOError:
@@ -96,9 +119,33 @@ class Listener:
                 log.debug("accept: %s", e)
                 os.close(fd)
                 continue
+            key = _address_key(address)
+            if full and not self.make_room(key):
+                client.close()
+                continue
             client.setblocking(False)
             conn = balancer.state.open_connection(address)
+            balancer.holding[key] += 1
             workers.spawn(balancer.handle, conn, client, address)
+            if full:          # the evicted one ends before the next accept: one at a time
+                return
+
+
+def _address_key(address):
+    """Connections are grouped by client IP (as text: cheap); UNIX peers form one group."""
+    return address[0] if isinstance(address, tuple) else None
+
+
+def _release(holding: Counter, key) -> None:
+    if holding[key] <= 1:
+        holding.pop(key, None)            # no zero entries: the table stays bounded by -x
+    else:
+        holding[key] -= 1
+
+
+def _last_moved(conn: Connection, now: float, wall: float) -> float:
+    """When the connection last moved a byte (monotonic); before its relay, when accepted."""
+    return conn.relay.last if conn.relay is not None else now - (wall - conn.started)
 
 
 class TcpBalancer:
@@ -114,6 +161,7 @@ class TcpBalancer:
         self.listener = Listener(sock, self, max_accept)
         self.conn_log = conn_log or ConnectionLog()
         self.connect_hooks = []          # sockets.ConnectHook: transparent, source
+        self.holding: Counter = Counter()   # connections per client address, for -x full
 
     # the Balancer interface ------------------------------------------------------------
 
@@ -189,14 +237,14 @@ class TcpBalancer:
         try:
             if state.accept_proxy >= 0 and not self.take_proxy_header(conn, accepted):
                 return
-            address = conn.client
-            client = self.wrap_client(accepted, address)
+            peer = conn.client          # the PROXY header's client, if one came first
+            client = self.wrap_client(accepted, peer)
             if client is None:
                 return
-            ip = client_ip(address)
+            ip = client_ip(peer)
             found = self.connect_server(ip, conn, accepted)
             if found is None:
-                log.info("no server for %s", address)
+                log.info("no server for %s", peer)
                 return
             upstream, server = found
             log.debug("connection %d: %s to server %d (%s)", conn.id, ip, server.index,
@@ -211,6 +259,7 @@ class TcpBalancer:
             log.debug("connection %d closed: %d bytes to the server, %d to the client",
                       conn.id, conn.sx, conn.rx)
             state.close_connection(conn)
+            _release(self.holding, _address_key(address))
             conn.close = None                   # (a cycle through the closure otherwise)
             _close(client or accepted, upstream)
             self.listener.resume()
@@ -247,8 +296,12 @@ class TcpBalancer:
         if state.log is not None:
             transform = _Tap(transform, _first_line(
                 lambda line: self.conn_log.request(ip, conn.server, line)))
-        relay.Relay(client, upstream, state.idle_timeout, conn.to_server, conn.to_client,
-                    transform, state.tcp_fastclose, reply).run()
+        conn.relay = relay.Relay(client, upstream, state.idle_timeout, conn.to_server,
+                                 conn.to_client, transform, state.tcp_fastclose, reply)
+        try:
+            conn.relay.run()
+        finally:
+            conn.relay = None
 
 
 def read_proxy_header(sock, timeout: float):

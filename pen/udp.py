@@ -6,8 +6,8 @@ select.candidates) and sends its datagrams from the session's own backend socket
 all in one call. Server -> client: a read callback on that socket answers the client from
 the listen socket the same way. No greenlet switch, and a datagram is never copied into a
 Python object unless it must be kept for a failover. A sweeper greenlet ends idle sessions
-and fails over from silent servers. The decisions are select's and udptable's; this module
-only moves datagrams.
+and passes datagrams on from silent servers. The decisions are select's and udptable's;
+this module only moves datagrams.
 
 The backend socket is not connected: it takes datagrams from the server's IP on any port
 and sends the client's next datagrams to the port the server last answered from. That is
@@ -76,7 +76,7 @@ class Session:
 
     __slots__ = ("balancer", "client", "key", "ip", "server", "sock", "dest", "dest_name",
                  "reader", "conn", "last", "pending", "pending_since", "unanswered",
-                 "answered", "closed", "header")
+                 "answered", "tried", "closed", "header")
 
     def __init__(self, balancer: "UdpBalancer", key, client, ip) -> None:
         self.balancer = balancer
@@ -88,6 +88,7 @@ class Session:
         self.pending_since = 0.0
         self.unanswered = 0
         self.answered = False
+        self.tried: list[Server] = []          # servers left behind since the last answer
         self.closed = False
         self.header: bytes | None = None       # PROXY v2 (proxy_protocol v2) before each datagram
 
@@ -117,11 +118,32 @@ class Session:
         return True
 
     def fail_over(self, why: str) -> None:
-        """Blacklist the server, move to the next candidate, and resend what is unanswered."""
+        """The server refused (ICMP): blacklist it, move on and resend what is unanswered.
+        A refusal comes from the server's host, so no client can forge it."""
         state, failed = self.balancer.state, self.server
         state.server_failed(failed, why, time.time())
+        self.move_on()
+
+    def silent(self) -> None:
+        """The server left the pending datagram unanswered for -t. Silence is evidence any
+        client can forge (a spoofed source, a query no server answers), so it takes no server
+        out: the datagram moves on to a server this session has not tried, and when none is
+        left the session ends. Silence asks for a health check: once checks exist, this is
+        where one is requested for self.server (only a failed check may blacklist it)."""
+        self.balancer.state.count("udp_silent")
+        self.balancer.log_silence("server %s (%s) left a datagram unanswered for %ss; "
+                                  "passing it on (not blacklisted: silence can be forged)",
+                                  self.server.index, self.server.endpoint,
+                                  self.balancer.state.timeout)
+        self.move_on()
+
+    def move_on(self) -> None:
+        """Attach to the next candidate not tried yet and resend the pending datagram;
+        close the session when every candidate has been tried."""
+        state = self.balancer.state
+        self.tried.append(self.server)
         for server in candidates(state, self.ip, self.client[1], time.time()):
-            if server is not failed and self.attach(server):
+            if all(server is not old for old in self.tried) and self.attach(server):
                 state.assign(self.conn, server)
                 break
         else:
@@ -248,6 +270,7 @@ class Session:
         self.last = time.monotonic()
         self.pending, self.pending_since = None, 0.0
         self.unanswered, self.answered = 0, True
+        self.tried.clear()
         self.conn.to_client(batch.size_of(slots), len(slots))
         sent = 0
         while sent < len(slots):
@@ -288,6 +311,7 @@ class UdpBalancer:
         self.sweeping = None
         self.closed = False
         self.warn = Throttled(logging.WARNING)   # our own shortage: once a minute, not per datagram
+        self.log_silence = Throttled(logging.WARNING)   # clients can cause it: once a minute
 
     # the backend socket: the one place a transparent hook needs to wrap -------------------
 
@@ -373,8 +397,7 @@ class UdpBalancer:
                 session.close()
             for session in silent:
                 if not session.closed:
-                    state.count("udp_silent")
-                    session.fail_over(f"left a datagram unanswered for {state.timeout}s")
+                    session.silent()
 
     # the Balancer interface ------------------------------------------------------------
 

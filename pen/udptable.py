@@ -1,5 +1,6 @@
 """UDP sessions as data: the bounded table keyed by client address, and the sweep that
-decides which sessions have gone idle and which servers have gone silent.
+decides which sessions have gone idle and which have waited -t for a silent server
+(udp.py passes their datagram on; silence never blacklists: any client can cause it).
 
 A session here is anything with `last` (when a datagram last moved either way),
 `pending_since` (when the oldest datagram the server has not answered was sent; 0 = none),
@@ -64,7 +65,7 @@ class SessionTable:
 
 
 def is_silent(session, now: float, timeout: float) -> bool:
-    """Has the server failed this session? It left a datagram unanswered for `timeout`
+    """Has the server left this session without an answer? It left a datagram unanswered for `timeout`
     seconds, and either never answered the session or left a retry unanswered too.
     One unanswered datagram in an answered session is normal (TFTP's final ACK)."""
     return (timeout > 0 and session.pending_since > 0

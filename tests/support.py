@@ -114,6 +114,15 @@ def _limit_fds(n: int) -> None:
     resource.setrlimit(resource.RLIMIT_NOFILE, (n, n))
 
 
+def server_conns(pen: Pen, server: int = 0) -> int:
+    """The connections pen holds to a server, from the table SIGUSR1 makes it log."""
+    import re
+    before = pen.output().count(" conn ")
+    pen.proc.send_signal(10)
+    wait_for(lambda: pen.output().count(" conn ") > before, what="pen's server table")
+    return int(re.findall(rf"^.*: {server} addr .* conn (\d+) ", pen.output(), re.M)[-1])
+
+
 def run_pen(*args: str, timeout: float = 10) -> subprocess.CompletedProcess:
     """Run pen to completion (for bad-argument tests)."""
     return subprocess.run([sys.executable, "-m", "pen", "-f", *args], capture_output=True,

@@ -19,7 +19,7 @@ LAYERS = {
                      "transparent", "sockets", "logs", "mmsg", "workers", "vrrp"},
     "pure core": {"__init__", "state", "select", "commands", "hooks", "acl", "addr", "http",
                   "status", "udptable", "dsr_frames", "dsr_slots", "tls_contexts", "errors",
-                  "portable", "proxy_protocol", "geoip", "maglev"},
+                  "portable", "proxy_protocol", "geoip", "maglev", "evict"},
 }
 RANK = {module: rank for rank, modules in enumerate(reversed(LAYERS.values()))
         for module in modules}
