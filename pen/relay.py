@@ -20,7 +20,6 @@ import time
 from ssl import SSLEOFError, SSLWantReadError, SSLWantWriteError, SSLZeroReturnError
 
 import gevent
-from greenlet import getcurrent
 
 from .portable import PORTABLE
 
@@ -40,10 +39,12 @@ _EOF = (SSLZeroReturnError, SSLEOFError)      # the TLS peer closed (with or wit
 class Relay:
     """Both directions of a connection between two streams.
 
-    run() returns when both directions have ended (EOF each way, passed on as a
-    half-close), when one ends with `fastclose` set for it, on an error, or after idle
-    seconds without a byte; an exception thrown into its greenlet ends it too. The
-    caller closes the sockets. A transform (feed(bytes) -> bytes, flush() -> bytes) may
+    start() sets it going; from then on the loop's callbacks move the bytes and no
+    greenlet waits for them (a held connection costs no parked stack). It ends when both
+    directions have ended (EOF each way, passed on as a half-close), when one ends with
+    `fastclose` set for it, on an error, after idle seconds without a byte, or when
+    close() is called (`close N`, shutdown); then it calls on_end() once, which closes
+    the sockets. A transform (feed(bytes) -> bytes, flush() -> bytes) may
     rewrite what goes to the server (`transform`) or to the client (`reply_transform`).
     to_server(n) and to_client(n) count the bytes read from each side.
 
@@ -52,32 +53,19 @@ class Relay:
 
     def __init__(self, client, upstream, idle: float, to_server, to_client,
                  transform=None, fastclose: str = "off", reply_transform=None,
-                 loop=None) -> None:
+                 loop=None, on_end=None) -> None:
         self.last = time.monotonic()       # when bytes last moved, either way
         self.idle = idle or None
         self.loop = loop = loop or gevent.get_hub().loop
         self.open = 2                      # directions still running
         self.closed = False
-        self.waiting = None                # the greenlet in run()
+        self.on_end = on_end
         self.timer = None                  # the idle check
         self.directions = (
             _Direction(self, loop, client, upstream, to_server, transform,
                        fastclose in ("down", "both")),
             _Direction(self, loop, upstream, client, to_client, reply_transform,
                        fastclose in ("up", "both")))
-
-    def run(self) -> None:
-        """Relay until the end, waiting in the calling greenlet (the connection's)."""
-        self.waiting = getcurrent()
-        hub = gevent.get_hub()
-        try:
-            self.start()
-            while self.waiting is not None:
-                hub.switch()               # close() switches back
-        finally:
-            self.waiting = None
-            self.close()
-            self.directions = ()           # they point back here: no cycle for the GC
 
     def start(self) -> None:
         """Watch both sources (and the idle time); from here on the loop moves the bytes."""
@@ -101,14 +89,18 @@ class Relay:
             self.close()
 
     def close(self) -> None:
+        """End the relay (at most once): stop watching, then on_end()."""
+        if self.closed:
+            return
         self.closed = True
         for direction in self.directions:
             direction.stop()
         if self.timer is not None:
             self.timer.stop()
-        waiting, self.waiting = self.waiting, None
-        if waiting is not None and waiting is not getcurrent():
-            waiting.switch()               # from a callback in the hub: wake run()
+        self.directions = ()               # they point back here: no cycle for the GC
+        on_end, self.on_end = self.on_end, None
+        if on_end is not None:
+            on_end()
 
 
 class _Direction:

@@ -30,7 +30,8 @@ log = logging.getLogger("pen")
 
 
 class Closed(Exception):
-    """Thrown into a connection's greenlet to end it (`close N`, the end of SIGTERM's grace)."""
+    """Thrown into a connection's greenlet to end it while it connects (`close N`, the end
+    of SIGTERM's grace); once its relay runs, closing the relay ends it."""
 
 
 class Listener:
@@ -230,10 +231,12 @@ class TcpBalancer:
     # a connection ----------------------------------------------------------------------
 
     def handle(self, conn: Connection, client, address) -> None:
-        """A connection's greenlet: choose and connect a server, relay, clean up."""
+        """A connection's greenlet: choose and connect a server (TLS handshakes, PROXY
+        headers and failover included), then hand both sockets to the relay and end.
+        The relay's callbacks move the bytes; finish() cleans up when it ends."""
         state = self.state
         conn.close = _closer(state, conn, getcurrent())
-        accepted, upstream = client, None
+        accepted, upstream, relaying = client, None, False
         try:
             if state.accept_proxy >= 0 and not self.take_proxy_header(conn, accepted):
                 return
@@ -252,17 +255,23 @@ class TcpBalancer:
             set_options(client, state)
             conn.downfd, conn.upfd = client.fileno(), upstream.fileno()
             state.track(conn, ip, server, time.time())
-            self.relay(conn, client, upstream, ip)
+            self.relay(conn, client, upstream, ip, address)
+            relaying = True
         except Closed:
             log.debug("connection %s: closed by close N or shutdown", conn.id)
         finally:
-            log.debug("connection %d closed: %d bytes to the server, %d to the client",
-                      conn.id, conn.sx, conn.rx)
-            state.close_connection(conn)
-            _release(self.holding, _address_key(address))
-            conn.close = None                   # (a cycle through the closure otherwise)
-            _close(client or accepted, upstream)
-            self.listener.resume()
+            if not relaying:
+                self.finish(conn, address, client or accepted, upstream)
+
+    def finish(self, conn: Connection, address, client, upstream) -> None:
+        """The connection ended (its relay, or before one): count it out, close both."""
+        log.debug("connection %d closed: %d bytes to the server, %d to the client",
+                  conn.id, conn.sx, conn.rx)
+        self.state.close_connection(conn)
+        _release(self.holding, _address_key(address))
+        conn.close = conn.relay = None          # (a cycle through the closures otherwise)
+        _close(client, upstream)
+        self.listener.resume()
 
     def take_proxy_header(self, conn: Connection, sock) -> bool:
         """accept_proxy N: a peer ACL N permits must start with a PROXY header, whose source
@@ -285,8 +294,9 @@ class TcpBalancer:
             conn.client, conn.destination = header.source, header.destination
         return True
 
-    def relay(self, conn: Connection, client, upstream, ip) -> None:
-        """Move the bytes both ways (with -H, -l and -d -d -d looking at them) until done."""
+    def relay(self, conn: Connection, client, upstream, ip, address) -> None:
+        """Start moving the bytes both ways (with -H, -l and -d -d -d looking at them);
+        from here `close N` closes the relay, and its end finishes the connection."""
         state = self.state
         transform = ForwardedFor(str(ip), self.proto) if state.http and ip is not None else None
         reply = None
@@ -296,12 +306,12 @@ class TcpBalancer:
         if state.log is not None:
             transform = _Tap(transform, _first_line(
                 lambda line: self.conn_log.request(ip, conn.server, line)))
-        conn.relay = relay.Relay(client, upstream, state.idle_timeout, conn.to_server,
-                                 conn.to_client, transform, state.tcp_fastclose, reply)
-        try:
-            conn.relay.run()
-        finally:
-            conn.relay = None
+        conn.relay = relay.Relay(
+            client, upstream, state.idle_timeout, conn.to_server, conn.to_client, transform,
+            state.tcp_fastclose, reply,
+            on_end=lambda: self.finish(conn, address, client, upstream))
+        conn.close = conn.relay.close
+        conn.relay.start()
 
 
 def read_proxy_header(sock, timeout: float):
@@ -390,14 +400,18 @@ def _dumped(data: bytes, text: bool) -> str:
 
 
 def _closer(state: State, conn: Connection, greenlet):
-    """conn.close: end the connection from anywhere (another greenlet, the hub), at most
-    once, and never a later task of the same (reused) greenlet."""
+    """conn.close while the greenlet connects: end it from anywhere (another greenlet, the
+    hub), at most once, and never once the relay runs (conn.close is then the relay's) nor
+    in a later task of the same (reused) greenlet."""
+    def connecting() -> bool:
+        return state.connections.get(conn.id) is conn and conn.relay is None
+
     def close() -> None:
-        if state.connections.get(conn.id) is conn:
+        if connecting():
             gevent.get_hub().loop.run_callback(throw)
 
     def throw() -> None:
-        if state.connections.get(conn.id) is conn:
+        if connecting():
             greenlet.throw(Closed)
     return close
 
