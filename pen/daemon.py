@@ -143,7 +143,7 @@ class Throttled:
 
 
 class ConnectionLog:
-    """pen's -l log: one line per connection, to a file or to a UDP host:port (penlogd)."""
+    """pen's -l log: a line per request, to a file or to a UDP host:port (penlogd)."""
 
     def __init__(self) -> None:
         self.target: str | None = None
@@ -164,12 +164,14 @@ class ConnectionLog:
         else:
             self.file = open(target, "a", buffering=1)
 
-    def write(self, line: str) -> None:
+    def write(self, client: str, server: str, request: str) -> None:
+        """A request as pen logs it: `CLIENT TIME SERVER REQUEST` to a file; to penlogd the
+        datagram `+ CLIENT SERVER REQUEST` it merges into the web server's log."""
         try:
             if self.file is not None:
-                self.file.write(line + "\n")
+                self.file.write(f"{client} {int(time.time())} {server} {request}\n")
             elif self.udp is not None:
-                self.udp.send(line.encode()[:1400])
+                self.udp.send(f"+ {client} {server} {request}\n".encode()[:1024])
         except OSError:
             pass
 

@@ -20,7 +20,10 @@ import time
 from ssl import SSLEOFError, SSLWantReadError, SSLWantWriteError, SSLZeroReturnError
 
 import gevent
+from gevent import socket as gsocket
 from greenlet import getcurrent
+
+from .http import Rejected
 
 log = logging.getLogger("pen")
 
@@ -42,7 +45,9 @@ class Relay:
     half-close), when one ends with `fastclose` set for it, on an error, or after idle
     seconds without a byte; an exception thrown into its greenlet ends it too. The
     caller closes the sockets. A transform (feed(bytes) -> bytes, flush() -> bytes) may
-    rewrite what goes to the server (`transform`) or to the client (`reply_transform`)."""
+    rewrite what goes to the server (`transform`) or to the client (`reply_transform`);
+    one that raises http.Rejected has its answer sent back and ends the relay, leaving
+    the refusal in `refused`."""
 
     def __init__(self, client, upstream, idle: float, to_server, to_client,
                  transform=None, fastclose: str = "off", reply_transform=None) -> None:
@@ -52,6 +57,7 @@ class Relay:
         self.open = 2                      # directions still running
         self.waiting = None                # the greenlet in run()
         self.timer = None                  # the idle check
+        self.refused: Rejected | None = None
         loop = self.hub.loop
         self.directions = (
             _Direction(self, loop, client, upstream, to_server, transform,
@@ -163,7 +169,11 @@ class _Direction:
         self.relay.last = time.monotonic()
         self.count(n)
         if self.transform is not None:
-            data = self.transform.feed(data)
+            try:
+                data = self.transform.feed(data)
+            except Rejected as refusal:
+                self.refuse(refusal)
+                return False
         elif self.splice is not None:
             self.splice -= n
             if self.splice <= 0:
@@ -171,6 +181,16 @@ class _Direction:
         if data and not self.write(data):
             return False
         return n == BUFSIZE or (self.buffered is not None and self.buffered() > 0)
+
+    def refuse(self, refusal: Rejected) -> None:
+        """The transform refused what src sent: answer src (one send, which a socket that
+        has taken no reply yet takes whole; a client that does not read gets nothing), end."""
+        self.relay.refused = refusal
+        try:
+            _writing(self.src)(refusal.answer)
+        except OSError:
+            pass
+        self.relay.close()
 
     def end(self) -> None:
         """EOF from src: flush what the transform holds, then pass the half-close on."""
@@ -290,6 +310,32 @@ def _writing(stream):
     and is retried with the same bytes, as OpenSSL requires."""
     sslobj = getattr(stream, "_sslobj", None)
     return stream.send if sslobj is None else sslobj.write
+
+
+def linger(sock, seconds: float = 2.0, most: int = 256 * 1024) -> None:
+    """After answering a refused client: say no more comes, and read and drop what it still
+    sends (until its EOF, `seconds` or `most` bytes), since closing a socket with unread
+    bytes resets the connection, and a reset can destroy the answer before it is read."""
+    if not end_writes(sock):
+        return                              # TLS: closing says close_notify
+    deadline = time.monotonic() + seconds
+    while most > 0:
+        try:
+            data = sock.recv(BUFSIZE)
+        except BlockingIOError:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return
+            try:
+                gsocket.wait_read(sock.fileno(), left)
+            except OSError:                 # (socket.timeout)
+                return
+            continue
+        except OSError:
+            return
+        if not data:
+            return
+        most -= len(data)
 
 
 def end_writes(sock) -> bool:

@@ -20,7 +20,7 @@ from greenlet import getcurrent
 from . import relay, workers
 from .addr import client_ip
 from .daemon import Throttled
-from .http import ForwardedFor
+from .http import Requests
 from .select import candidates
 from .state import Connection, Server, State
 
@@ -250,16 +250,26 @@ class TcpBalancer:
             entry.sx += n
             conn.rx += n
 
-        transform = ForwardedFor(str(ip), self.proto) if state.http and ip is not None else None
-        reply = None
+        log_request = None
+        if state.log is not None:               # -l: a line per request
+            def log_request(line: bytes, client=str(ip), address=server.endpoint.address):
+                self.log_line(client, address, _loggable(line))
+        rewrite = str(ip) if state.http and ip is not None else None
+        transform = reply = None
+        if rewrite or log_request:              # -H, -l: on the same request framing
+            transform = Requests(rewrite, self.proto, log_request)
         if state.debug >= DUMP_LEVEL:           # pen -d -d -d: every chunk, hex or (-a) text
             transform = _Tap(transform, _dump(f"connection {conn.id} to server", state.ascii))
             reply = _Tap(None, _dump(f"connection {conn.id} to client", state.ascii))
-        if state.log is not None:
-            transform = _Tap(transform, _first_line(lambda line: self.log_line(
-                f"{ip} {int(time.time())} {server.endpoint.address} {line}")))
-        relay.Relay(client, upstream, state.idle_timeout, to_server, to_client, transform,
-                    state.tcp_fastclose, reply).run()
+        moved = relay.Relay(client, upstream, state.idle_timeout, to_server, to_client,
+                            transform, state.tcp_fastclose, reply)
+        moved.run()
+        if moved.refused is not None:           # -H: a request it cannot pass on (answered)
+            state.counters["http_rejected"] += 1
+            log.debug("connection %d: %s: answered %d", conn.id, moved.refused,
+                      moved.refused.status)
+            _close(upstream)
+            relay.linger(client)
 
 
 class _Tap:
@@ -276,17 +286,12 @@ class _Tap:
         return self.inner.flush() if self.inner else b""
 
 
-def _first_line(report):
-    """A tap's `see`: report the first line a client sends (for pen's -l log), once."""
-    done = False
+_PRINTABLE = bytes(b if 32 <= b < 127 else ord(".") for b in range(256))
 
-    def see(data: bytes) -> None:
-        nonlocal done
-        if not done:
-            done = True
-            line = data.split(b"\n", 1)[0].rstrip(b"\r")[:200]
-            report(line.decode("latin-1") if line.isascii() else "-")
-    return see
+
+def _loggable(line: bytes) -> str:
+    """A request line as pen logs it: its first 100 bytes, anything unprintable as '.'."""
+    return line[:100].translate(_PRINTABLE).decode("ascii")
 
 
 DUMP_LEVEL = 3

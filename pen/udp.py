@@ -341,7 +341,7 @@ class UdpBalancer:
             self.count("udp_evicted")
             old.close()
         if state.log is not None:
-            self.log_line(f"{ip} {int(time.time())} {session.server.endpoint.address} UDP")
+            self.log_line(str(ip), session.server.endpoint.address, "UDP")
         return session
 
     def receive(self) -> None:
