@@ -18,12 +18,13 @@ such as SMTP gets 400: lenient servers take a request line without a version, ll
 even reads its headers, so a first line cannot be waved through for looking unlike HTTP).
 
 Several X-Forwarded-For fields are merged into one, the client last, so that the rightmost
-entry is the client's for every server (nginx before 1.23 reads only the first field).
+entry is the client's for every server, whether it joins the fields or reads only one.
 
-Lines pass on as soon as they are checked, so an unfinished head holds at most one
-partial line and the X-Forwarded-For values (each at most MAX_LINE): what a connection
-holds is bounded by that, not by the head limit. A rejected request never
-reaches the server whole (it never sees the end of its head); the connection is closed.
+A head is held until it ends and passes whole, X-Forwarded-For added: a server never sees
+part of a head, which some (Python's http.server) would process at EOF as if complete.
+So an unfinished head holds at most MAX_HEAD bytes (and a connection at most that much
+for its head); each line is checked as it arrives, so a bad one is refused at once.
+Bodies, chunks and trailers pass as they arrive.
 """
 
 from __future__ import annotations
@@ -96,6 +97,7 @@ class Requests:
         self.chunked = False
         self.upgrade = False         # an Upgrade field ...
         self.connection_upgrade = False      # ... and Connection: upgrade
+        self.head: list[bytes] = []          # its lines, held until it ends
         self.forwarded: list[bytes] = []     # X-Forwarded-For values, held to the end
         self.forwarded_size = 0
         self.has_proto = False
@@ -198,16 +200,15 @@ class Requests:
         state = self.state
         if state == LINE:
             if line == b"\r\n":                         # an empty line before a request
-                self.size += 2
-                out.append(line)
+                self.size += 2                          # (dropped: it means nothing)
                 return
-            self._request(line, out)
+            self._request(line)
         elif state == FIELDS:
             if line == b"\r\n":
                 self._end_of_head(out)
             else:
                 self.size += len(line)
-                self._field(line, out)
+                self._field(line)
         elif state == CHUNK_SIZE:
             match = _CHUNK_SIZE.fullmatch(line)
             if match is None:
@@ -231,7 +232,7 @@ class Requests:
                 _split_field(line)
             out.append(line)
 
-    def _request(self, line: bytes, out: list[bytes]) -> None:
+    def _request(self, line: bytes) -> None:
         match = _REQUEST_LINE.fullmatch(line)
         if match is None:
             raise _bad("malformed request line")
@@ -244,9 +245,9 @@ class Requests:
         self.version = match[3]
         self.tunnel = method == b"CONNECT"
         self.state = FIELDS
-        out.append(line)
+        self.head.append(line)
 
-    def _field(self, line: bytes, out: list[bytes]) -> None:
+    def _field(self, line: bytes) -> None:
         name, value = _split_field(line)
         if name == b"content-length":
             if self.length is not None:
@@ -272,13 +273,14 @@ class Requests:
         elif name == b"connection":
             tokens = (token.strip().lower() for token in value.split(b","))
             self.connection_upgrade |= b"upgrade" in tokens
-        out.append(line)
+        self.head.append(line)
 
     def _end_of_head(self, out: list[bytes]) -> None:
         if self.chunked and self.length is not None:
             raise _bad("Content-Length with Transfer-Encoding")
         if self.chunked and self.version == b"0":
             raise _bad("Transfer-Encoding in HTTP/1.0")
+        out += self.head
         if self.rewrite:
             out.append(b"X-Forwarded-For: %s\r\n" % b", ".join(self.forwarded + [self.client]))
             if not self.has_proto:
@@ -288,8 +290,8 @@ class Requests:
             self.on_request(self.request_line)
         self.tunnel |= self.upgrade and self.connection_upgrade
         self.size = 0                                   # (a trailer has its own limit)
-        if self.request_line.startswith(b"CONNECT "):
-            self.state = self._request_done()           # the tunnel starts here
+        if self.tunnel:                 # from here on, the bytes are the tunnel's (a body
+            self.state = self._request_done()           # included, as llhttp has it)
         elif self.chunked:
             self.state = CHUNK_SIZE
         elif self.length:
