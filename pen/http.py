@@ -97,7 +97,7 @@ class Requests:
         self.chunked = False
         self.upgrade = False         # an Upgrade field ...
         self.connection_upgrade = False      # ... and Connection: upgrade
-        self.head: list[bytes] = []          # its lines, held until it ends
+        self.head = bytearray()      # its lines, held until it ends
         self.forwarded: list[bytes] = []     # X-Forwarded-For values, held to the end
         self.forwarded_size = 0
         self.has_proto = False
@@ -245,7 +245,7 @@ class Requests:
         self.version = match[3]
         self.tunnel = method == b"CONNECT"
         self.state = FIELDS
-        self.head.append(line)
+        self.head += line
 
     def _field(self, line: bytes) -> None:
         name, value = _split_field(line)
@@ -273,14 +273,14 @@ class Requests:
         elif name == b"connection":
             tokens = (token.strip().lower() for token in value.split(b","))
             self.connection_upgrade |= b"upgrade" in tokens
-        self.head.append(line)
+        self.head += line
 
     def _end_of_head(self, out: list[bytes]) -> None:
         if self.chunked and self.length is not None:
             raise _bad("Content-Length with Transfer-Encoding")
         if self.chunked and self.version == b"0":
             raise _bad("Transfer-Encoding in HTTP/1.0")
-        out += self.head
+        out.append(self.head)
         if self.rewrite:
             out.append(b"X-Forwarded-For: %s\r\n" % b", ".join(self.forwarded + [self.client]))
             if not self.has_proto:

@@ -185,7 +185,7 @@ class _Direction:
     def refuse(self, refusal: Rejected) -> None:
         """The transform refused what src sent: answer src (one send, which a socket that
         has taken no reply yet takes whole; a client that does not read gets nothing), end."""
-        self.relay.refused = refusal
+        self.relay.refused = refusal.with_traceback(None)      # (its frames hold the data)
         try:
             _writing(self.src)(refusal.answer)
         except OSError:
