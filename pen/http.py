@@ -39,11 +39,13 @@ _BINARY = frozenset(range(0x09)) | frozenset(range(0x0e, 0x1c)) | {0x7f}   # no 
 # request-target forms (RFC 9112 3.2): origin, absolute, asterisk (OPTIONS), authority (CONNECT)
 _TARGET = re.compile(rb"/[\x21-\x7e]*|[A-Za-z]+://[\x21-\x7e]*")
 _AUTHORITY = re.compile(rb"[\x21-\x2e\x30-\x7e]+")
-_REQUEST_LINE = re.compile(rb"([%s]+) ([\x21-\x7e]+) HTTP/1\.([01])\r\n" % _TCHAR)
-_FIELD = re.compile(rb"([%s]+):([\t\x20-\x7e\x80-\xff]*)\r\n" % _TCHAR)
+_REQUEST_LINE = re.compile(rb"([%s]+) ([\x21-\x7e]+) HTTP/1\.([01])" % _TCHAR)
+_FIELD = re.compile(rb"([%s]+):([\t\x20-\x7e\x80-\xff]*)" % _TCHAR)
 _LENGTH = re.compile(rb"[0-9]{1,18}")
 _EXT = rb'(?:;[%s]+(?:=(?:[%s]+|"(?:[\t \x21\x23-\x5b\x5d-\x7e\x80-\xff]|\\[\t\x20-\x7e\x80-\xff])*"))?)*' % (_TCHAR, _TCHAR)
-_CHUNK_SIZE = re.compile(rb"([0-9A-Fa-f]{1,16})%s\r\n" % _EXT)
+_CHUNK_SIZE = re.compile(rb"([0-9A-Fa-f]{1,16})%s" % _EXT)
+_NOTED = frozenset((b"content-length", b"transfer-encoding", b"x-forwarded-for",
+                    b"x-forwarded-proto", b"upgrade", b"connection"))
 
 # where in a request the stream is
 START, LINE, FIELDS, BODY, CHUNK_SIZE, CHUNK_DATA, CHUNK_END, TRAILER, PASS = range(9)
@@ -142,6 +144,15 @@ class Requests:
             if state == START:
                 data, pos, end = self._start(data, pos)
                 continue
+            if state == LINE and not self.partial and data[pos] not in b"\r\n":
+                # The common case, a whole head within the limit and no bare LF in it (line
+                # by line, a bare LF would end a line): checked at once.
+                blank = data.find(b"\r\n\r\n", pos)
+                if (blank >= 0 and self.size + blank + 4 - pos <= MAX_HEAD
+                        and data.count(b"\n", pos, blank) == data.count(b"\r\n", pos, blank)):
+                    self._whole_head(data, pos, blank, out)
+                    pos = blank + 4
+                    continue
             newline = data.find(b"\n", pos)
             if newline < 0:
                 self._hold(data[pos:])
@@ -154,6 +165,23 @@ class Requests:
             pos = newline + 1
             self._check_size(len(line))
             self._line(line, out)
+
+    def _whole_head(self, data: bytes, pos: int, blank: int, out: list[bytes]) -> None:
+        """A head that arrived whole (data[pos:blank] and its blank line): what _line does
+        line by line, at once."""
+        lines = data[pos:blank].split(b"\r\n")
+        kept = 0
+        for text in lines:
+            if len(text) + 2 > MAX_LINE:
+                raise Rejected(431, "line too long")
+            if kept:
+                kept += self._field(text)
+            else:
+                self._request(text)
+                kept = 1
+        self.head = data[pos:blank + 2] if kept == len(lines) else b"".join(
+            text + b"\r\n" for text in lines if not _is_forwarded(text))
+        self._end_of_head(out)
 
     def _hold(self, rest: bytes) -> None:
         self.partial += rest
@@ -197,58 +225,63 @@ class Requests:
         return b"", 0, 0
 
     def _line(self, line: bytes, out: list[bytes]) -> None:
+        """One line of a head, chunk-size, chunk end or trailer, ending in LF."""
+        if line[-2:-1] != b"\r":
+            raise _bad("a line not ended by CRLF")
+        text = line[:-2]
         state = self.state
         if state == LINE:
-            if line == b"\r\n":                         # an empty line before a request
-                self.size += 2                          # (dropped: it means nothing)
-                return
-            self._request(line)
+            self.size += len(line)
+            if text:
+                self._request(text)
+                self.head += line
+            # (an empty line before a request is dropped: it means nothing)
         elif state == FIELDS:
-            if line == b"\r\n":
+            if not text:
                 self._end_of_head(out)
-            else:
-                self.size += len(line)
-                self._field(line)
+                return
+            self.size += len(line)
+            if self._field(text):
+                self.head += line
         elif state == CHUNK_SIZE:
-            match = _CHUNK_SIZE.fullmatch(line)
+            match = _CHUNK_SIZE.fullmatch(text)
             if match is None:
                 raise _bad("invalid chunk size")
             out.append(line)
             self.remaining = int(match[1], 16)
-            if self.remaining:
-                self.state = CHUNK_DATA
-            else:
-                self.state = TRAILER
+            self.state = CHUNK_DATA if self.remaining else TRAILER
         elif state == CHUNK_END:
-            if line != b"\r\n":
+            if text:
                 raise _bad("no CRLF after chunk data")
             out.append(line)
             self.state = CHUNK_SIZE
         elif state == TRAILER:
-            if line == b"\r\n":
-                self.state = self._request_done()
-            else:
+            if text:
                 self.size += len(line)
-                _split_field(line)
+                _split_field(text)
+            else:
+                self.state = self._request_done()
             out.append(line)
 
-    def _request(self, line: bytes) -> None:
-        match = _REQUEST_LINE.fullmatch(line)
+    def _request(self, text: bytes) -> None:
+        match = _REQUEST_LINE.fullmatch(text)
         if match is None:
             raise _bad("malformed request line")
         method, target = match[1], match[2]
         if not (_AUTHORITY.fullmatch(target) if method == b"CONNECT" else
                 _TARGET.fullmatch(target) or target == b"*" and method == b"OPTIONS"):
             raise _bad("malformed request target")
-        self.size += len(line)
-        self.request_line = line[:-2]
+        self.request_line = text
         self.version = match[3]
         self.tunnel = method == b"CONNECT"
         self.state = FIELDS
-        self.head += line
 
-    def _field(self, line: bytes) -> None:
-        name, value = _split_field(line)
+    def _field(self, text: bytes) -> bool:
+        """Check a field line (without its CRLF), note what frames the request; False for
+        an X-Forwarded-For that -H takes out (to merge at the head's end)."""
+        name, value = _split_field(text)
+        if name not in _NOTED:
+            return True
         if name == b"content-length":
             if self.length is not None:
                 raise _bad("repeated Content-Length")
@@ -265,7 +298,7 @@ class Requests:
                 self.forwarded_size += len(value) + 2
                 if self.forwarded_size > MAX_LINE:
                     raise Rejected(431, "X-Forwarded-For too long")
-            return
+            return False
         elif name == b"x-forwarded-proto":
             self.has_proto = True
         elif name == b"upgrade":
@@ -273,7 +306,7 @@ class Requests:
         elif name == b"connection":
             tokens = (token.strip().lower() for token in value.split(b","))
             self.connection_upgrade |= b"upgrade" in tokens
-        self.head += line
+        return True
 
     def _end_of_head(self, out: list[bytes]) -> None:
         if self.chunked and self.length is not None:
@@ -306,11 +339,15 @@ class Requests:
         return PASS if tunnel else LINE
 
 
-def _split_field(line: bytes) -> tuple[bytes, bytes]:
+def _split_field(text: bytes) -> tuple[bytes, bytes]:
     """(lower-case name, value without surrounding whitespace) of a field line."""
-    if line[0] in b" \t":
+    if text[0] in b" \t":
         raise _bad("obs-fold (a line starting with whitespace)")
-    match = _FIELD.fullmatch(line)
+    match = _FIELD.fullmatch(text)
     if match is None:
         raise _bad("malformed header field")
     return match[1].lower(), match[2].strip(b" \t")
+
+
+def _is_forwarded(text: bytes) -> bool:
+    return text[:16].lower() == b"x-forwarded-for:"

@@ -186,10 +186,12 @@ class _Direction:
         """The transform refused what src sent: answer src (one send, which a socket that
         has taken no reply yet takes whole; a client that does not read gets nothing), end."""
         self.relay.refused = refusal.with_traceback(None)      # (its frames hold the data)
-        try:
-            _writing(self.src)(refusal.answer)
-        except OSError:
-            pass
+        reply = next(d for d in self.relay.directions if d is not self)
+        if reply.pending is None and not reply.piped:          # never inside a response
+            try:
+                _writing(self.src)(refusal.answer)
+            except OSError:
+                pass
         self.relay.close()
 
     def end(self) -> None:

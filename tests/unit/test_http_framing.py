@@ -30,6 +30,7 @@ FIELDS = [
     b"Connection: keep-alive", b"Connection: upgradex", b"Upgrade: websocket",
     b"X-Other: v\x80\t v", b"X-Empty:", b" folded", b"\tContent-Length: 5", b"no colon",
     b"X-Ctl: a\x01b", b"Trailer: T",
+    b"X-Long: " + b"l" * 8182, b"X-Long: " + b"l" * 8183,      # a line's limit, and over it
 ]
 BODIES = [
     b"", b"hello", b"hello world!", b"5\r\nhello\r\n0\r\n\r\n", b"0\r\n\r\n",
@@ -133,6 +134,30 @@ def compare(pen_trace, llhttp_trace) -> None:
 @given(streams())
 def test_where_framing_differs_from_llhttp_pen_rejected(data):
     check(data)
+
+
+def rewritten(data: bytes, cuts: list[int]):
+    """What -H passes on (or the status it answers) with data cut at `cuts`."""
+    stream = Requests("192.0.2.7")
+    out = []
+    bounds = [0, *sorted(cuts), len(data)]
+    try:
+        for start, end in zip(bounds, bounds[1:], strict=False):
+            out.append(stream.feed(data[start:end]))
+    except Rejected as refusal:
+        return refusal.status
+    return b"".join(out) + stream.flush()
+
+
+@settings(max_examples=int(os.environ.get("FRAMING_EXAMPLES", 400)) // 2, deadline=None)
+@given(streams(), st.lists(st.integers(0, 2000), max_size=6))
+def test_a_stream_is_rewritten_the_same_in_one_piece_or_in_many(data, cuts):
+    """A head that arrives whole takes a shortcut; it must end where the line-by-line way
+    does, byte for byte."""
+    cuts = [cut % (len(data) + 1) for cut in cuts]
+    whole = rewritten(data, [])
+    assert rewritten(data, cuts) == whole
+    assert rewritten(data, list(range(1, len(data)))) == whole
 
 
 def test_the_comparison_fails_where_pen_frames_what_llhttp_refuses():
