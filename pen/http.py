@@ -42,7 +42,8 @@ _AUTHORITY = re.compile(rb"[\x21-\x2e\x30-\x7e]+")
 _REQUEST_LINE = re.compile(rb"([%s]+) ([\x21-\x7e]+) HTTP/1\.([01])" % _TCHAR)
 _FIELD = re.compile(rb"([%s]+):([\t\x20-\x7e\x80-\xff]*)" % _TCHAR)
 _LENGTH = re.compile(rb"[0-9]{1,18}")
-_EXT = rb'(?:;[%s]+(?:=(?:[%s]+|"(?:[\t \x21\x23-\x5b\x5d-\x7e\x80-\xff]|\\[\t\x20-\x7e\x80-\xff])*"))?)*' % (_TCHAR, _TCHAR)
+_QUOTED = rb'"(?:[\t \x21\x23-\x5b\x5d-\x7e\x80-\xff]|\\[\t\x20-\x7e\x80-\xff])*"'
+_EXT = rb"(?:;[%s]+(?:=(?:[%s]+|%s))?)*" % (_TCHAR, _TCHAR, _QUOTED)    # chunk extensions
 _CHUNK_SIZE = re.compile(rb"([0-9A-Fa-f]{1,16})%s" % _EXT)
 _NOTED = frozenset((b"content-length", b"transfer-encoding", b"x-forwarded-for",
                     b"x-forwarded-proto", b"upgrade", b"connection"))
