@@ -100,7 +100,8 @@ class Requests:
         self.chunked = False
         self.upgrade = False         # an Upgrade field ...
         self.connection_upgrade = False      # ... and Connection: upgrade
-        self.head = bytearray()      # its lines, held until it ends
+        self.head: list[bytes] = []  # its lines, held until it ends (see _compact)
+        self.compacted = 0           # how many of them _compact has gone over
         self.forwarded: list[bytes] = []     # X-Forwarded-For values, held to the end
         self.forwarded_size = 0
         self.has_proto = False
@@ -111,6 +112,8 @@ class Requests:
         out: list[bytes] = []
         try:
             self._parse(data, out)
+            if self.head:
+                self._compact()
         except Rejected:
             if self.rewrite:
                 raise
@@ -180,9 +183,18 @@ class Requests:
             else:
                 self._request(text)
                 kept = 1
-        self.head = data[pos:blank + 2] if kept == len(lines) else b"".join(
-            text + b"\r\n" for text in lines if not _is_forwarded(text))
+        self.head = [data[pos:blank + 2] if kept == len(lines) else b"".join(
+            text + b"\r\n" for text in lines if not _is_forwarded(text))]
         self._end_of_head(out)
+
+    def _compact(self) -> None:
+        """An unfinished head's lines that came in one read become one object: a line
+        apiece would cost more in objects than in bytes (as would a growing bytearray,
+        in the allocator's slack), and joining per read keeps the work linear."""
+        head, start = self.head, self.compacted
+        if len(head) - start > 1:
+            head[start:] = [b"".join(head[start:])]
+        self.compacted = len(head)
 
     def _hold(self, rest: bytes) -> None:
         self.partial += rest
@@ -235,7 +247,7 @@ class Requests:
             self.size += len(line)
             if text:
                 self._request(text)
-                self.head += line
+                self.head.append(line)
             # (an empty line before a request is dropped: it means nothing)
         elif state == FIELDS:
             if not text:
@@ -243,7 +255,7 @@ class Requests:
                 return
             self.size += len(line)
             if self._field(text):
-                self.head += line
+                self.head.append(line)
         elif state == CHUNK_SIZE:
             match = _CHUNK_SIZE.fullmatch(text)
             if match is None:
@@ -314,7 +326,8 @@ class Requests:
             raise _bad("Content-Length with Transfer-Encoding")
         if self.chunked and self.version == b"0":
             raise _bad("Transfer-Encoding in HTTP/1.0")
-        out.append(self.head)
+        out += self.head
+        self.head, self.compacted = [], 0           # (not held while the body passes)
         if self.rewrite:
             out.append(b"X-Forwarded-For: %s\r\n" % b", ".join(self.forwarded + [self.client]))
             if not self.has_proto:
