@@ -47,6 +47,8 @@ _EXT = rb"(?:;[%s]+(?:=(?:[%s]+|%s))?)*" % (_TCHAR, _TCHAR, _QUOTED)    # chunk 
 _CHUNK_SIZE = re.compile(rb"([0-9A-Fa-f]{1,16})%s" % _EXT)
 _NOTED = frozenset((b"content-length", b"transfer-encoding", b"x-forwarded-for",
                     b"x-forwarded-proto", b"upgrade", b"connection"))
+_FIELDS = re.compile(rb"(?:[%s]+:[\t\x20-\x7e\x80-\xff]*\r\n)*" % _TCHAR)
+_NOTED_FIELD = re.compile(rb"^(%s):([^\r]*)\r$" % b"|".join(sorted(_NOTED)), re.I | re.M)
 
 # where in a request the stream is
 START, LINE, FIELDS, BODY, CHUNK_SIZE, CHUNK_DATA, CHUNK_END, TRAILER, PASS = range(9)
@@ -172,19 +174,32 @@ class Requests:
 
     def _whole_head(self, data: bytes, pos: int, blank: int, out: list[bytes]) -> None:
         """A head that arrived whole (data[pos:blank] and its blank line): what _line does
-        line by line, at once."""
-        lines = data[pos:blank].split(b"\r\n")
-        kept = 0
-        for text in lines:
-            if len(text) + 2 > MAX_LINE:
-                raise Rejected(431, "line too long")
-            if kept:
-                kept += self._field(text)
-            else:
-                self._request(text)
-                kept = 1
-        self.head = [data[pos:blank + 2] if kept == len(lines) else b"".join(
-            text + b"\r\n" for text in lines if not _is_forwarded(text))]
+        line by line, at once. Fields that are all well formed and short (as nearly all
+        are) are checked by one pattern, and only those that frame a request looked at."""
+        first_end = data.find(b"\r\n", pos, blank + 2)
+        fields = data[first_end + 2:blank + 2]
+        if (first_end - pos + 2 <= MAX_LINE and len(fields) <= MAX_LINE
+                and _FIELDS.fullmatch(fields)):
+            self._request(data[pos:first_end])
+            kept = True
+            for match in _NOTED_FIELD.finditer(fields):
+                kept &= self._note(match[1].lower(), match[2].strip(b" \t"))
+            lines = None
+        else:                                           # line by line, for the answer
+            lines = data[pos:blank].split(b"\r\n")
+            kept = True
+            for i, text in enumerate(lines):
+                if len(text) + 2 > MAX_LINE:
+                    raise Rejected(431, "line too long")
+                if i:
+                    kept &= self._field(text)
+                else:
+                    self._request(text)
+        if kept:
+            self.head = [data[pos:blank + 2]]
+        else:
+            lines = lines or data[pos:blank].split(b"\r\n")
+            self.head = [b"".join(text + b"\r\n" for text in lines if not _is_forwarded(text))]
         self._end_of_head(out)
 
     def _compact(self) -> None:
@@ -293,8 +308,10 @@ class Requests:
         """Check a field line (without its CRLF), note what frames the request; False for
         an X-Forwarded-For that -H takes out (to merge at the head's end)."""
         name, value = _split_field(text)
-        if name not in _NOTED:
-            return True
+        return name not in _NOTED or self._note(name, value)
+
+    def _note(self, name: bytes, value: bytes) -> bool:
+        """What a field that frames the request says; False as _field."""
         if name == b"content-length":
             if self.length is not None:
                 raise _bad("repeated Content-Length")
