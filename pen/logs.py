@@ -52,7 +52,7 @@ class Throttled:
 
 
 class ConnectionLog:
-    """pen's -l log: one line per connection, to a file or to a UDP host:port (penlogd)."""
+    """pen's -l log: a line per request, to a file or to a UDP host:port (penlogd)."""
 
     def __init__(self) -> None:
         self.target: str | None = None
@@ -74,15 +74,15 @@ class ConnectionLog:
             self.file = open(target, "a", buffering=1)
 
     def request(self, client_ip, server, request: str) -> None:
-        """One entry: a client's request (its first line, or UDP) relayed to server."""
-        self.write(f"{client_ip} {int(time.time())} {server.endpoint.address} {request}")
-
-    def write(self, line: str) -> None:
+        """A client's request (its request line, or UDP) relayed to server, as pen logs
+        it: `CLIENT TIME SERVER REQUEST` to a file; to penlogd the datagram
+        `+ CLIENT SERVER REQUEST` it merges into the web server's log."""
+        client, address = str(client_ip), server.endpoint.address
         try:
             if self.file is not None:
-                self.file.write(line + "\n")
+                self.file.write(f"{client} {int(time.time())} {address} {request}\n")
             elif self.udp is not None:
-                self.udp.send(line.encode()[:1400])
+                self.udp.send(f"+ {client} {address} {request}\n".encode()[:1024])
         except OSError:
             pass
 

@@ -20,7 +20,9 @@ import time
 from ssl import SSLEOFError, SSLWantReadError, SSLWantWriteError, SSLZeroReturnError
 
 import gevent
+from gevent import socket as gsocket
 
+from .http import Rejected
 from .portable import PORTABLE
 
 log = logging.getLogger("pen")
@@ -44,9 +46,10 @@ class Relay:
     directions have ended (EOF each way, passed on as a half-close), when one ends with
     `fastclose` set for it, on an error, after idle seconds without a byte, or when
     close() is called (`close N`, shutdown); then it calls on_end() once, which closes
-    the sockets. A transform (feed(bytes) -> bytes, flush() -> bytes) may
-    rewrite what goes to the server (`transform`) or to the client (`reply_transform`).
-    to_server(n) and to_client(n) count the bytes read from each side.
+    the sockets. A transform (feed(bytes) -> bytes, flush() -> bytes) may rewrite what
+    goes to the server (`transform`) or to the client (`reply_transform`); one that
+    raises http.Rejected has its answer sent back and ends the relay, leaving the
+    refusal in `refused`. to_server(n) and to_client(n) count the bytes read each way.
 
     The loop is the hub's unless given: all the relay asks of it is io(fd, events) and
     timer(seconds) watchers, so tests can drive it without sockets or a hub."""
@@ -61,6 +64,7 @@ class Relay:
         self.closed = False
         self.on_end = on_end
         self.timer = None                  # the idle check
+        self.refused: Rejected | None = None
         self.directions = (
             _Direction(self, loop, client, upstream, to_server, transform,
                        fastclose in ("down", "both")),
@@ -171,7 +175,11 @@ class _Direction:
         self.relay.last = time.monotonic()
         self.count(n)
         if self.transform is not None:
-            data = self.transform.feed(data)
+            try:
+                data = self.transform.feed(data)
+            except Rejected as refusal:
+                self.refuse(refusal)
+                return False
         elif self.bulk_left is not None:
             self.bulk_left -= n
             if self.bulk_left <= 0:
@@ -179,6 +187,18 @@ class _Direction:
         if data and not self.write(data):
             return False
         return n == BUFSIZE or (self.buffered is not None and self.buffered() > 0)
+
+    def refuse(self, refusal: Rejected) -> None:
+        """The transform refused what src sent: answer src (one send, which a socket that
+        has taken no reply yet takes whole; a client that does not read gets nothing), end."""
+        self.relay.refused = refusal.with_traceback(None)      # (its frames hold the data)
+        reply = next(d for d in self.relay.directions if d is not self)
+        if reply.pending is None and not reply.piped:          # never inside a response
+            try:
+                _writing(self.src)(refusal.answer)
+            except OSError:
+                pass
+        self.relay.close()
 
     def end(self) -> None:
         """EOF from src: flush what the transform holds, then pass the half-close on."""
@@ -298,6 +318,32 @@ def _writing(stream):
     and is retried with the same bytes, as OpenSSL requires."""
     sslobj = getattr(stream, "_sslobj", None)
     return stream.send if sslobj is None else sslobj.write
+
+
+def linger(sock, seconds: float = 2.0, most: int = 256 * 1024) -> None:
+    """After answering a refused client: say no more comes, and read and drop what it still
+    sends (until its EOF, `seconds` or `most` bytes), since closing a socket with unread
+    bytes resets the connection, and a reset can destroy the answer before it is read."""
+    if not end_writes(sock):
+        return                              # TLS: closing says close_notify
+    deadline = time.monotonic() + seconds
+    while most > 0:
+        try:
+            data = sock.recv(BUFSIZE)
+        except BlockingIOError:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return
+            try:
+                gsocket.wait_read(sock.fileno(), left)
+            except OSError:                 # (socket.timeout)
+                return
+            continue
+        except OSError:
+            return
+        if not data:
+            return
+        most -= len(data)
 
 
 def end_writes(sock) -> bool:

@@ -19,7 +19,7 @@ from greenlet import getcurrent
 
 from . import evict, relay, workers
 from .addr import client_ip
-from .http import ForwardedFor
+from .http import Requests
 from .logs import ConnectionLog, Throttled
 from .proxy_protocol import V2_MAX, V2_SIGNATURE, ProxyError, build, needed, parse
 from .select import candidates
@@ -298,20 +298,38 @@ class TcpBalancer:
         """Start moving the bytes both ways (with -H, -l and -d -d -d looking at them);
         from here `close N` closes the relay, and its end finishes the connection."""
         state = self.state
-        transform = ForwardedFor(str(ip), self.proto) if state.http and ip is not None else None
-        reply = None
+        log_request = None
+        if state.log is not None:               # -l: a line per request
+            def log_request(line: bytes, server=conn.server):
+                self.conn_log.request(ip, server, _loggable(line))
+        rewrite = str(ip) if state.http and ip is not None else None
+        transform = reply = None
+        if rewrite or log_request:              # -H, -l: on the same request framing
+            transform = Requests(rewrite, self.proto, log_request)
         if state.debug >= DUMP_LEVEL:           # pen -d -d -d: every chunk, hex or (-a) text
             transform = _Tap(transform, _dump(f"connection {conn.id} to server", state.ascii))
             reply = _Tap(None, _dump(f"connection {conn.id} to client", state.ascii))
-        if state.log is not None:
-            transform = _Tap(transform, _first_line(
-                lambda line: self.conn_log.request(ip, conn.server, line)))
         conn.relay = relay.Relay(
             client, upstream, state.idle_timeout, conn.to_server, conn.to_client, transform,
             state.tcp_fastclose, reply,
-            on_end=lambda: self.finish(conn, address, client, upstream))
+            on_end=lambda: self.relay_ended(conn, address, client, upstream))
         conn.close = conn.relay.close
         conn.relay.start()
+
+    def relay_ended(self, conn: Connection, address, client, upstream) -> None:
+        """The relay's on_end: finish, or for a request -H refused (and answered), close the
+        server's side now and the client's after it has read the answer (a worker lingers)."""
+        refused = conn.relay.refused
+        if refused is None:
+            return self.finish(conn, address, client, upstream)
+        self.state.count("http_rejected")
+        log.debug("connection %d: %s: answered %d", conn.id, refused, refused.status)
+        _close(upstream)
+        workers.spawn(self.linger_then_finish, conn, address, client)
+
+    def linger_then_finish(self, conn: Connection, address, client) -> None:
+        relay.linger(client)
+        self.finish(conn, address, client, None)
 
 
 def read_proxy_header(sock, timeout: float):
@@ -370,17 +388,12 @@ class _Tap:
         return self.inner.flush() if self.inner else b""
 
 
-def _first_line(report):
-    """A tap's `see`: report the first line a client sends (for pen's -l log), once."""
-    done = False
+_PRINTABLE = bytes(b if 32 <= b < 127 else ord(".") for b in range(256))
 
-    def see(data: bytes) -> None:
-        nonlocal done
-        if not done:
-            done = True
-            line = data.split(b"\n", 1)[0].rstrip(b"\r")[:200]
-            report(line.decode("latin-1") if line.isascii() else "-")
-    return see
+
+def _loggable(line: bytes) -> str:
+    """A request line as pen logs it: its first 100 bytes, anything unprintable as '.'."""
+    return line[:100].translate(_PRINTABLE).decode("ascii")
 
 
 DUMP_LEVEL = 3
