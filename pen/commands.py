@@ -244,6 +244,8 @@ SERVER_FIELDS = ("acl", "address", "port", "max", "hard", "blacklist", "weight",
 @command("server")
 def server(state: State, args: list) -> str:
     """server N [acl A] [address A] [port P] [max M] [hard H] [blacklist S] [weight W] [prio P]"""
+    if len(args) >= 2 and args[1] in health_commands.SERVER_WORDS:
+        return health_commands.server_words(state, args)   # healthcheck, drain, maint, ready
     if not args or len(args) % 2 == 0:
         raise CommandError("usage: server N [" + "|".join(f"{f} V" for f in SERVER_FIELDS) + "]...")
     index = number(args[0], "server")
@@ -491,6 +493,7 @@ def dump(state: State) -> str:
         lines.append("ssl_backend")
     lines += [f"web_stats {state.web_stats}" if state.web_stats else "no web_stats",
               onoff("weight"), onoff("prio")]
+    lines += health_commands.dump_lines(state)
     return "\n".join(lines) + "\n"
 
 
@@ -581,3 +584,6 @@ def run_file(state: State, path: str) -> str:
         return run_lines(state, lines, path)
     finally:
         _including.pop()
+
+
+from . import health_commands  # noqa: E402  (registers its commands; it imports this module)

@@ -14,6 +14,7 @@ from typing import Any, Callable
 
 from .acl import AccessLists
 from .addr import Endpoint
+from .health import Check, Health, HealthSettings
 
 
 @dataclass
@@ -35,6 +36,12 @@ class Server:
     failures: int = 0                    # connects that failed
     dgrams_sx: int = 0                   # UDP datagrams sent to the server
     dgrams_rx: int = 0                   # UDP datagrams received from the server
+    # health.py: the check (None: the default), its results, the operator's word, slow start
+    check: Check | None = None
+    health: Health = field(default_factory=Health)
+    admin: str = "ready"                 # ready, drain or maint
+    ramp_start: float = 0.0
+    ramp_credit: float = 0.0
 
     @property
     def address(self) -> str:
@@ -169,6 +176,7 @@ class State:
         self.source: str | None = None
         self.pending_max = 100
         self.dsr_if: str | None = None
+        self.health = HealthSettings()    # healthcheck*, slowstart, metrics_port
         # TLS (-E ...): plain settings, applied by tls.py
         self.ssl_cert: str | None = None
         self.ssl_key: str | None = None

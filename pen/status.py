@@ -10,7 +10,7 @@ import html as _html
 import json as _json
 import time
 
-from . import __version__
+from . import __version__, health
 from .state import State
 
 FORMATS = ("html", "json", "prometheus")
@@ -26,6 +26,10 @@ def _peer(address) -> str:
 def server_state(server, now: float) -> str:
     if server.endpoint is None:
         return "unused"
+    if server.admin != "ready":
+        return server.admin                   # drain, maint: the operator's word
+    if not server.health.up:
+        return "down"                         # by its health check
     if server.blacklisted(now):
         return "blacklisted"
     if server.full(False):
@@ -41,6 +45,11 @@ def connection_row(conn, now: float) -> dict:
             "age": round(max(now - conn.started, 0), 1), "sent": conn.sx, "received": conn.rx}
 
 
+def _check_kind(state: State, server) -> str | None:
+    check = health.effective(state.health, server)
+    return check.kind if check else None
+
+
 def snapshot(state: State, now: float | None = None) -> dict:
     """Everything the status report shows, as plain data (the JSON form)."""
     now = time.time() if now is None else now
@@ -52,6 +61,10 @@ def snapshot(state: State, now: float | None = None) -> dict:
         "sent": s.sx, "received": s.rx, "weight": s.weight, "prio": s.prio, "acl": s.acl,
         "connects": s.total, "failures": s.failures,
         "datagrams_sent": s.dgrams_sx, "datagrams_received": s.dgrams_rx,
+        "check": _check_kind(state, s), "last_check": s.health.last or None,
+        "checks": s.health.checks, "state_since": round(max(now - s.health.since, 0), 1),
+        "check_durations": list(s.health.durations),
+        "check_duration_sum": round(s.health.duration_sum, 6),
     } for s in state.servers]
     clients = [{
         "address": str(c.ip), "age": round(max(now - c.last, 0), 1), "last_server": c.server,
@@ -77,6 +90,8 @@ SERVER_COLUMNS = (("server", "index"), ("address", "address"), ("status", "state
                   ("port", "port"), ("connections", "connections"), ("max soft", "max"),
                   ("max hard", "hard"), ("sent", "sent"), ("received", "received"),
                   ("weight", "weight"), ("prio", "prio"))
+HEALTH_COLUMNS = (("check", "check"), ("last check", "last_check"),
+                  ("since(secs)", "state_since"))      # only once checks or states are used
 CLIENT_COLUMNS = (("client", "#"), ("address", "address"), ("age(secs)", "age"),
                   ("last server", "last_server"), ("connects", "connects"),
                   ("sent", "sent"), ("received", "received"))
@@ -109,7 +124,8 @@ def html(snap: dict) -> str:
            '<body bgcolor="#ffffff"><h1>Pen status page</h1>',
            f"Time {when}, {len(snap['servers'])} servers, "
            f"{len(snap['connections'])} current<p>"]
-    out += _table(SERVER_COLUMNS, snap["servers"])
+    checked = any(s["check"] or s["state"] in ("drain", "maint") for s in snap["servers"])
+    out += _table(SERVER_COLUMNS + (HEALTH_COLUMNS if checked else ()), snap["servers"])
     out.append(f"<h2>Active clients</h2>Max number of clients: {snap['clients_max']}<p>")
     out += _table(CLIENT_COLUMNS, snap["clients"])
     out.append(f"<h2>Active connections</h2>Number of connections: {snap['conn_max']} max, "
@@ -169,7 +185,8 @@ def prometheus(snap: dict) -> str:
     metric("pen_connections_max", "gauge", "Connection limit (-x).", [({}, snap["conn_max"])])
     metric("pen_clients", "gauge", "Clients in the client table.", [({}, len(snap["clients"]))])
     metric("pen_clients_max", "gauge", "Client table slots (-c).", [({}, snap["clients_max"])])
-    metric("pen_server_up", "gauge", "1 if the server is available (not blacklisted, unused).",
+    metric("pen_server_up", "gauge",
+           "1 if the server is available (not blacklisted, down, drained, in maintenance, unused).",
            [(who(s), int(s["state"] in ("up", "full"))) for s in snap["servers"]])
     metric("pen_server_blacklisted_seconds", "gauge", "Seconds of blacklisting left.",
            [(who(s), s["blacklisted_for"]) for s in snap["servers"]])
