@@ -122,6 +122,9 @@ def server_words(state: State, args: list) -> str:
     if index > 10000:
         raise CommandError(f"server: number too large: {index}")
     word, rest = args[1], args[2:]
+    if word not in SERVER_WORDS:
+        raise CommandError(f"server {index}: unknown word {word!r} "
+                           "(drain, maint, ready, healthcheck, or FIELD VALUE pairs)")
     if word == "healthcheck":
         if not rest:
             raise CommandError(f"usage: server {index} healthcheck TYPE [ARGS]|off")

@@ -19,7 +19,7 @@ import gevent
 from gevent import socket as gsocket
 from gevent.event import Event
 
-from . import commands, control, daemon, dsr, status, tls, transparent, udp
+from . import commands, control, daemon, dsr, monitor, status, tls, transparent, udp
 from .addr import AddressError, Endpoint, resolve
 from .cli import Options, UsageError
 from .state import State
@@ -67,6 +67,7 @@ class Runtime:
         self.control = None       # control.ControlServer (-C)
         self.control_sock = None  # its socket, bound by run() before dropping privileges
         self.started = None       # daemon's report to the waiting parent (run() sets it)
+        self.monitor = None       # monitor.Monitor: health checks, metrics_port
 
     # hooks for the command language -------------------------------------------------
 
@@ -137,6 +138,8 @@ class Runtime:
             self.control = control.ControlServer(
                 gsocket.socket(fileno=self.control_sock.detach()), state)
             self.control.start()
+        self.monitor = monitor.Monitor(state, self.tls.backend if self.tls else None)
+        self.monitor.start()
         log.info("pen-lb listening on %s, %d servers", state.listen, len(state.servers))
         # What start-up built lives as long as we do: not the GC's work. A connection leaves
         # no cycles behind, so the young generation is collected 30x less often than by
@@ -151,6 +154,7 @@ class Runtime:
     def drain(self) -> int:
         """Stop accepting, give connections in flight GRACE seconds, then close them."""
         self.balancer.listener.close()
+        self.monitor.stop()
         if self.control is not None:
             self.control.close()
             if self.state.control.is_unix:

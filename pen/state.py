@@ -205,6 +205,7 @@ class State:
         self.connections: dict[int, Connection] = {}
         self.counters: Counter[str] = Counter()   # events the I/O layer counts (udp_stray...)
         self._ids = itertools.count()
+        self.accepted = 0             # connections opened (accepted) since start
         self.runtime: Any = None      # the I/O layer's hooks (tcp.Balancer); None in pure tests
         self.started = time.time()
 
@@ -225,6 +226,7 @@ class State:
 
     def open_connection(self, client) -> Connection:
         conn = Connection(next(self._ids), client)
+        self.accepted += 1
         self.connections[conn.id] = conn
         return conn
 
