@@ -18,6 +18,11 @@ from gevent import socket as gsocket
 
 from .health import Check
 
+try:                  # at start-up: after -u or a chroot the library may not be readable
+    from dnslib import RCODE, DNSRecord
+except ImportError:   # the udp extra is not installed: dns checks fail, saying so
+    DNSRecord = RCODE = None
+
 READ_LIMIT = 65536            # bytes read from a server per check, at most
 DNS_MAX = 4096                # a larger DNS answer to a one-question query fails the check
 TFTP_BLOCK = 512
@@ -128,7 +133,6 @@ def check_http(check: Check, target: Target) -> None:
 
 
 def _dns_answer(check: Check, query, reply: bytes) -> None:
-    from dnslib import RCODE, DNSRecord
     if len(reply) > DNS_MAX:
         raise Failed(f"dns answer of {len(reply)} bytes")
     answer = DNSRecord.parse(reply)
@@ -143,7 +147,8 @@ def _dns_answer(check: Check, query, reply: bytes) -> None:
 
 
 def check_dns(check: Check, target: Target) -> None:
-    from dnslib import DNSRecord
+    if DNSRecord is None:
+        raise Failed("dns needs dnslib (pip install dnslib)")
     query = DNSRecord.question(check.name, check.qtype)
     query.header.id = random.randrange(65536)
     packet = query.pack()

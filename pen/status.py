@@ -10,6 +10,11 @@ import html as _html
 import json as _json
 import time
 
+# imported at start-up, not on first use: after -u drops privileges, or in a chroot, the
+# Python library may not be readable any more
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
+
 from . import __version__, health
 from .state import State
 
@@ -175,7 +180,6 @@ WHO = ("server", "address", "port")
 
 def families(snap: dict) -> list:
     """The snapshot as prometheus_client metric families (today's names and labels)."""
-    from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
     kinds = {"gauge": GaugeMetricFamily, "counter": CounterMetricFamily}
     servers = snap["servers"]
 
@@ -245,7 +249,6 @@ class _Snapshot:
 
 
 def prometheus(snap: dict) -> str:
-    from prometheus_client import CollectorRegistry, generate_latest
     registry = CollectorRegistry(auto_describe=False)
     registry.register(_Snapshot(snap))
     return generate_latest(registry).decode("utf-8")

@@ -383,3 +383,62 @@ def test_a_bad_check_command_is_one_line_and_changes_nothing(start_pen, tmp_path
             f"{config}:2: healthcheck dns: unknown type 'BOGUS'")
     finally:
         backend.stop()
+
+
+# --- the metrics endpoint --------------------------------------------------------------------
+
+def scrape(url, *extra, interface=None):
+    cmd = ["curl", "-sS", "--max-time", "5", *extra]
+    if interface:
+        cmd += ["--interface", interface]
+    return subprocess.run(cmd + [url], capture_output=True, text=True, timeout=10)
+
+
+def samples(text):
+    from prometheus_client.parser import text_string_to_metric_families
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value
+            for family in text_string_to_metric_families(text) for s in family.samples}
+
+
+def test_metrics_endpoint_says_what_servers_says(http_pair, start_pen):
+    a, b = http_pair
+    mport = free_port()
+    pen, port, control = start_checked(
+        start_pen, "-r", "-O", f"metrics_port 127.0.0.1:{mport}",
+        "-O", "server 1 healthcheck http GET /health", "-O", "acl 3 deny 127.0.0.5",
+        "-O", "control_acl 3", servers=[a.spec, b.spec])
+    b.status = 503
+    wait_state(control, 1, "down")
+    names(port, 6)
+    url = f"http://127.0.0.1:{mport}"
+    wait_for(lambda: all(" conn 0 " in line for line in ctl(control, "servers").splitlines()),
+             what="connections to end")
+    got = samples(scrape(f"{url}/metrics").stdout)
+    for line in ctl(control, "servers").splitlines():
+        row = dict(zip(["server", *line.split()[1::2]], [line.split()[0], *line.split()[2::2]],
+                       strict=True))
+        who = (("address", row["addr"]), ("port", row["port"]), ("server", row["server"]))
+        assert got[("pen_server_sent_bytes_total", who)] == int(row["sx"])
+        assert got[("pen_server_received_bytes_total", who)] == int(row["rx"])
+        assert got[("pen_server_connections", who)] == int(row["conn"])
+    down = (("address", "127.0.0.1"), ("port", b.spec.split(":")[1]), ("server", "1"))
+    assert got[("pen_server_state", down + (("state", "down"),))] == 1
+    assert got[("pen_server_up", down)] == 0
+    assert got[("pen_server_check_duration_seconds_count", down)] >= 2
+    assert got[("pen_accepts_total", ())] >= 6
+    head = scrape(f"{url}/metrics", "-I")
+    assert head.stdout.startswith("HTTP/1.1 200 OK") and "text/plain" in head.stdout
+    assert json.loads(scrape(f"{url}/status.json").stdout)["servers"][1]["state"] == "down"
+    assert scrape(f"{url}/metrics", "-X", "POST", "-o", "/dev/null", "-w",
+                  "%{http_code}").stdout == "405"
+    assert scrape(f"{url}/nothing", "-o", "/dev/null", "-w", "%{http_code}").stdout == "404"
+    assert scrape(f"{url}/metrics", interface="127.0.0.5").returncode != 0   # control_acl
+    other = free_port()
+    assert ctl(control, f"metrics_port 127.0.0.1:{other}") == ""
+    assert scrape(f"http://127.0.0.1:{other}/metrics").stdout.startswith("# HELP pen_up")
+    assert scrape(f"{url}/metrics").returncode != 0                         # the old one closed
+    assert ctl(control, f"metrics_port 127.0.0.1:{port}").startswith("metrics_port ")
+    assert ctl(control, "metrics_port") == f"127.0.0.1:{other}\n"           # unchanged
+    assert ctl(control, "no metrics_port") == ""
+    assert scrape(f"http://127.0.0.1:{other}/metrics").returncode != 0
+    assert "Traceback" not in pen.output()
