@@ -11,6 +11,7 @@ from __future__ import annotations
 import binascii
 import re
 import time
+from bisect import bisect_left
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -147,9 +148,7 @@ class Health:
         """Count one check; the log line's tail when the server changes state, else None."""
         self.checks += 1
         self.duration_sum += duration
-        slot = next((i for i, b in enumerate(DURATION_BUCKETS) if duration <= b),
-                    len(DURATION_BUCKETS))
-        self.durations[slot] += 1
+        self.durations[bisect_left(DURATION_BUCKETS, duration)] += 1
         self.last = "OK" if ok else reason
         if ok:
             self.passes, self.fails = self.passes + 1, 0

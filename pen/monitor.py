@@ -1,34 +1,43 @@
 """The running side of health checks and the metrics endpoint.
 
-A Monitor is started by the runtime and stopped when it drains. It keeps one greenlet per
-checked server, each checking every healthcheck_interval (a check that takes longer delays
-the next one, never overlaps it), first checks spread over one interval so the servers are
-not all checked at once, and the metrics listener (metrics_port). Settings changes reach it
+A Monitor is started by the runtime and stopped when it drains. It checks every server
+that has a check once per healthcheck_interval (a check that takes longer delays the next
+one, never overlaps it), first checks spread over one interval so the servers are not all
+checked at once, and keeps the metrics listener (metrics_port). Settings changes reach it
 through state.health.on_change; `state.health.check_now(server)` asks for a check at once
 (UDP silence does), at most one per MIN_GAP of the interval.
 """
 
 from __future__ import annotations
 
+import heapq
 import logging
 import time
 
 import gevent
 from gevent.event import Event
 
-from . import health, metrics, probes
+from . import health, metrics, probes, workers
 from .state import Server, State
 
 log = logging.getLogger("pen")
 
 MIN_GAP = 0.25                # of the interval: check_now waits at least this since the last
+TICKS = 10                    # the scheduler's wake-ups per interval...
+MIN_TICK, MAX_TICK = 0.02, 0.25   # ...within these bounds (seconds)
+MAX_CHECKS = 512              # checks in flight at once
+RENEW = 1.0                   # seconds between looks at the server table
 
 
 class Monitor:
     def __init__(self, state: State, tls_context=None) -> None:
         self.state = state
         self.tls_context = tls_context           # ssl_backend's context, for the checks
-        self.workers: dict[int, tuple[gevent.Greenlet, Event]] = {}
+        self.due: dict[int, float] = {}          # server index -> when its next check is due
+        self.heap: list[tuple[float, int]] = []  # (due, index), some stale: due says
+        self.started: dict[int, float] = {}      # server index -> when its last check began
+        self.running: set[int] = set()
+        self.stopped = False
         self.changed_event = Event()
         self.supervisor = None
         self.metrics = None                      # metrics.MetricsServer
@@ -45,9 +54,9 @@ class Monitor:
         self.state.health.on_change = self.state.health.on_check_now = None
         if self.supervisor is not None:
             self.supervisor.kill(block=False)
-        for greenlet, _ in self.workers.values():
-            greenlet.kill(block=False)
-        self.workers.clear()
+        self.stopped = True                      # checks in flight end within their timeout
+        self.due.clear()
+        self.heap.clear()
         if self.metrics is not None:
             self.metrics.close()
             self.metrics = None
@@ -73,59 +82,87 @@ class Monitor:
     # checks -------------------------------------------------------------------------------
 
     def supervise(self) -> None:
-        """Keep one worker per server that has a check; spread new ones over an interval."""
+        """One greenlet starts the checks that are due, each in a worker greenlet, waking
+        at most TICKS times an interval: a sleeping greenlet per server would wake the loop
+        once per check, and that alone cost 3% of a core at 200 checks a second. The list
+        of checked servers is renewed every RENEW seconds and when a setting changes."""
+        renewed = 0.0
         while True:
-            self.reconcile()
-            self.changed_event.clear()
-            self.changed_event.wait(timeout=max(min(self.state.health.interval, 1.0), 0.05))
+            now = time.monotonic()
+            if self.changed_event.is_set() or now - renewed >= RENEW:
+                self.changed_event.clear()
+                self.renew(now)
+                renewed = now
+            self.start_due(now)
+            tick = min(max(self.state.health.interval / TICKS, MIN_TICK), MAX_TICK)
+            wake = min(self.heap[0][0] if self.heap else now + RENEW, renewed + RENEW)
+            self.changed_event.wait(timeout=max(wake - time.monotonic(), tick))
 
-    def reconcile(self) -> None:
-        settings = self.state.health
-        checked = [s for s in self.state.servers
-                   if s.endpoint is not None and health.effective(settings, s) is not None]
-        wanted = {s.index for s in checked}
-        for index in list(self.workers):
-            greenlet, _ = self.workers[index]
-            if index not in wanted or greenlet.dead:
-                greenlet.kill(block=False)
-                del self.workers[index]
-        for position, server in enumerate(checked):
-            if server.index not in self.workers:
-                delay = settings.interval * position / max(len(checked), 1)
-                wake = Event()
-                self.workers[server.index] = (gevent.spawn(self.work, server, delay, wake), wake)
+    def renew(self, now: float) -> None:
+        """Follow the server table: new checked servers get first checks spread over one
+        interval; servers without a check (or gone) are dropped."""
+        settings, servers = self.state.health, self.state.servers
+        checked = {s.index for s in servers
+                   if s.endpoint is not None and health.effective(settings, s) is not None}
+        for index in [i for i in self.due if i not in checked]:
+            del self.due[index]
+        new = sorted(checked - self.due.keys())
+        for position, index in enumerate(new):
+            self.schedule(index, now + settings.interval * position / len(new))
+
+    def schedule(self, index: int, when: float) -> None:
+        self.due[index] = when
+        heapq.heappush(self.heap, (when, index))
+
+    def start_due(self, now: float) -> None:
+        heap, servers = self.heap, self.state.servers
+        while heap and heap[0][0] <= now and len(self.running) < MAX_CHECKS:
+            when, index = heapq.heappop(heap)
+            if self.due.get(index) != when or index in self.running or index >= len(servers):
+                continue                 # rescheduled, dropped, or its check still runs
+            self.running.add(index)
+            workers.spawn(self.check, servers[index])   # a parked greenlet: no new stack
 
     def check_now(self, server: Server) -> None:
-        entry = self.workers.get(server.index)
-        if entry is not None:
-            entry[1].set()
+        """Check server at once, but not sooner than MIN_GAP of an interval after its last."""
+        due = self.due.get(server.index)
+        if due is not None:
+            earliest = self.started.get(server.index, 0.0) + \
+                MIN_GAP * self.state.health.interval
+            when = max(earliest, time.monotonic())
+            if when < due:
+                self.schedule(server.index, when)
+                self.changed_event.set()
 
     def target(self, server: Server) -> probes.Target:
         state = self.state
+        contexts = getattr(getattr(state.runtime, "balancer", None), "contexts", None)
         return probes.Target(server.endpoint, source=state.source,
-                             tls=self.tls_context if state.ssl_backend else None,
+                             tls=getattr(contexts, "backend", None) if state.ssl_backend else None,
                              tcp=not state.udp)
 
-    def work(self, server: Server, delay: float, wake: Event) -> None:
+    def check(self, server: Server) -> None:
+        """One check; the next is due one interval after this one began (at once if it took
+        longer: checks of a server never overlap)."""
         settings = self.state.health
-        wake.wait(timeout=delay)
-        while True:
+        started = time.monotonic()
+        self.started[server.index] = started
+        scheduled = self.due.get(server.index, started)
+        try:
             check = health.effective(settings, server)
             if check is None or server.endpoint is None:
                 return
-            started = time.monotonic()
             reason = probes.probe(check, self.target(server), settings.timeout)
             self.record(server, check, reason, time.monotonic() - started)
-            wake.clear()
-            # the next check one interval after this one began (or at once, if it took
-            # longer); check_now wakes it earlier, but not before MIN_GAP of the interval
-            due = started + settings.interval
-            gevent.sleep(max(min(MIN_GAP * settings.interval, due - time.monotonic()), 0))
-            wake.wait(timeout=max(due - time.monotonic(), 0))
+        finally:
+            self.running.discard(server.index)
+            if server.index in self.due:     # on the beat, unless the check ran long
+                self.schedule(server.index, max(scheduled + settings.interval,
+                                                time.monotonic()))
 
     def record(self, server: Server, check, reason: str, duration: float) -> None:
         settings, now = self.state.health, time.time()
-        if health.effective(settings, server) is not check:
+        if self.stopped or health.effective(settings, server) is not check:
             return                             # the check changed while this one ran
         change = server.health.record(not reason, reason, now, settings.rise, settings.fall,
                                       duration)

@@ -17,6 +17,7 @@ import gevent
 from gevent import socket as gsocket
 
 from .health import Check
+from .tcp import connect, layered
 
 try:                  # at start-up: after -u or a chroot the library may not be readable
     from dnslib import RCODE, DNSRecord
@@ -26,6 +27,7 @@ except ImportError:   # the udp extra is not installed: dns checks fail, saying 
 READ_LIMIT = 65536            # bytes read from a server per check, at most
 DNS_MAX = 4096                # a larger DNS answer to a one-question query fails the check
 TFTP_BLOCK = 512
+_RESET = struct.pack("ii", 1, 0)          # SO_LINGER on, 0 s
 
 
 class Failed(Exception):
@@ -45,10 +47,15 @@ class Target:
 
 def probe(check: Check, target: Target, timeout: float) -> str:
     """Run one check: '' if it passed, else why not (one line)."""
+    timer = gevent.Timeout(timeout)
     try:
-        with gevent.Timeout(timeout, Failed(f"{check.kind} timeout after {timeout:g} s")):
+        with timer:
             PROBES[check.kind](check, target)
         return ""
+    except gevent.Timeout as e:
+        if e is not timer:
+            raise                                  # someone else's
+        return f"{check.kind} timeout after {timeout:g} s"
     except Failed as e:
         return str(e)
     except ConnectionRefusedError:
@@ -73,11 +80,25 @@ def _socket(target: Target, kind: int):
     return sock
 
 
-def _stream(target: Target):
-    """A connected stream (TLS with ssl_backend); the caller closes it."""
-    sock = _socket(target, socket.SOCK_STREAM)
+def _connected(target: Target):
+    """A plain non-blocking socket connected to the server (tcp.connect: no gevent socket
+    object unless the check talks; a `tcp` check is connect and close)."""
+    endpoint = target.endpoint
+    sock = socket.socket(endpoint.family, socket.SOCK_STREAM | socket.SOCK_NONBLOCK)
     try:
-        sock.connect(target.endpoint.sockaddr)
+        if target.source and not endpoint.is_unix:
+            sock.bind((target.source, 0))
+        connect(sock, endpoint.sockaddr, None)        # bounded by probe()'s timeout
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+def _stream(target: Target):
+    """A connected gevent stream (TLS with ssl_backend); the caller closes it."""
+    sock = layered(_connected(target))
+    try:
         if target.tls is not None:
             sock = target.tls.wrap_socket(sock, server_hostname=target.endpoint.host)
     except BaseException:
@@ -109,7 +130,13 @@ def _host_header(endpoint) -> str:
 # --- the checks ---------------------------------------------------------------------------------
 
 def check_tcp(check: Check, target: Target) -> None:
-    _stream(target).close()
+    if target.tls is not None:
+        _stream(target).close()
+        return
+    sock = _connected(target)
+    if not target.endpoint.is_unix:      # close with a reset: no TIME_WAIT per check
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _RESET)
+    sock.close()
 
 
 def check_http(check: Check, target: Target) -> None:
