@@ -227,7 +227,12 @@ def comes_back(server, now: float) -> None:
 
 def share(server, now: float, slowstart: float) -> float:
     """The fraction of its share the server gets now: RAMP_FLOOR to 1 over slowstart s."""
-    if slowstart <= 0 or not server.ramp_start:
+    if slowstart <= 0:
+        return 1.0
+    if server.blacklist_until and server.blacklist_until <= now:   # a blacklisting ended
+        comes_back(server, server.blacklist_until)
+        server.blacklist_until = 0.0
+    if not server.ramp_start:
         return 1.0
     elapsed = now - server.ramp_start
     if elapsed >= slowstart:
@@ -239,11 +244,6 @@ def share(server, now: float, slowstart: float) -> float:
 def admit(server, now: float, slowstart: float) -> bool:
     """Slow start in rotation: a server at share f is taken f of the times its turn comes
     (a credit that grows by f each turn), deterministic so the ramp is smooth."""
-    if slowstart <= 0:
-        return True
-    if server.blacklist_until and server.blacklist_until <= now:   # a blacklisting ended
-        comes_back(server, server.blacklist_until)
-        server.blacklist_until = 0.0
     fraction = share(server, now, slowstart)
     if fraction >= 1.0:
         return True

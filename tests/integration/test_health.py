@@ -70,6 +70,7 @@ class HealthBackend:
 
     def __init__(self, name):
         self.name, self.status, self.hits = name, 200, 0
+        self.checked_from = []                   # peers of /health requests
         backend = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -80,6 +81,8 @@ class HealthBackend:
 
             def do_GET(self):
                 if self.path == "/health":
+                    backend.checked_from.append(self.client_address[0])
+                    backend.host_headers = self.headers.get_all("Host")
                     code, body = backend.status, b"health"
                 else:
                     backend.hits += 1
@@ -128,6 +131,54 @@ def test_http_check_takes_a_failing_server_out_and_back(http_pair, start_pen):
     assert f"server 1 ({b.spec}) up: OK (2/2)" in pen.output()
     assert "b" in names(port)
     assert "Traceback" not in pen.output()
+
+
+def test_checks_come_from_the_source_address_with_the_servers_host(http_pair, start_pen):
+    a, b = http_pair
+    pen, port, control = start_checked(start_pen, "-O", "source 127.0.0.7",
+                                       "-O", "healthcheck http GET /health", servers=[a.spec])
+    wait_state(control, 0, "up", "OK")
+    assert set(a.checked_from) == {"127.0.0.7"}
+    assert a.host_headers == [a.spec]
+
+
+def test_http_check_over_tls_with_ssl_backend(start_pen, tmp_path):
+    import ssl
+
+    import trustme
+    ca = trustme.CA()
+    ca_file = tmp_path / "ca.pem"
+    ca.cert_pem.write_to_path(str(ca_file))
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("127.0.0.1").configure_cert(ctx)
+    listener = socket.create_server(("127.0.0.1", 0))
+
+    def serve():
+        while True:
+            try:
+                raw, _ = listener.accept()
+            except OSError:
+                return
+            try:
+                with ctx.wrap_socket(raw, server_side=True) as conn:
+                    conn.settimeout(5)
+                    conn.recv(65536)
+                    conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+            except OSError:
+                pass
+    threading.Thread(target=serve, daemon=True).start()
+    spec = f"127.0.0.1:{listener.getsockname()[1]}"
+    try:
+        pen, port, control = start_checked(start_pen, "-O", "ssl_backend", "-G", str(ca_file),
+                                           "-O", "healthcheck http GET / 200 ok",
+                                           servers=[spec])
+        wait_state(control, 0, "up", "OK")
+        plain, _, plain_control = start_checked(start_pen, "-O", "healthcheck http GET /",
+                                                servers=[spec])
+        wait_state(plain_control, 0, "down")            # TLS bytes are no HTTP answer
+        assert "Traceback" not in pen.output() + plain.output()
+    finally:
+        listener.close()
 
 
 def test_http_status_and_body_of_the_check(http_pair, start_pen):
