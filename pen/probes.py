@@ -145,8 +145,9 @@ def check_http(check: Check, target: Target) -> None:
     sock = _stream(target)
     try:
         sock.sendall(request.encode("latin-1"))
-        whole = bool(check.body) and check.method != "HEAD"
-        data = _read(sock, (lambda d: False) if whole else (lambda d: b"\r\n" in d))
+        whole = bool(check.body) and check.method != "HEAD"      # the body's first 64 KiB
+        data = _read(sock, (lambda d: len(d) >= READ_LIMIT) if whole
+                     else (lambda d: b"\r\n" in d or len(d) >= READ_LIMIT))
     finally:
         sock.close()
     line = data.split(b"\r\n", 1)[0].split()
