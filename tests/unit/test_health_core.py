@@ -256,3 +256,26 @@ def test_check_now_is_a_no_op_without_a_scheduler_and_reaches_one():
     state.health.on_check_now = asked.append
     state.health.check_now(state.servers[0])
     assert asked == [state.servers[0]]
+
+
+# --- the metrics endpoint's request handling (pure) -------------------------------------------
+
+def test_metrics_requests():
+    from pen import metrics
+    state = state_from("8080", "127.0.0.1:81")
+    code, kind, body, with_body = metrics.respond(state, b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert (code, with_body) == ("200 OK", True) and body.startswith(b"# HELP pen_up")
+    assert kind.startswith("text/plain; version=0.0.4")
+    assert metrics.respond(state, b"HEAD /metrics?x=1 HTTP/1.0\r\n\r\n")[::3] == ("200 OK", False)
+    code, kind, body, _ = metrics.respond(state, b"GET /status.json HTTP/1.1\r\n\r\n")
+    assert kind == "application/json" and b'"servers"' in body
+    assert metrics.respond(state, b"POST /metrics HTTP/1.1\r\n\r\n")[0].startswith("405")
+    assert metrics.respond(state, b"GET /other HTTP/1.1\r\n\r\n")[0].startswith("404")
+    assert metrics.respond(state, b"\x16\x03\x01garbage")[0].startswith("400")
+
+
+@given(head=st.binary(max_size=300))
+def test_any_request_head_gets_an_answer(head):
+    from pen import metrics
+    code, kind, body, _ = metrics.respond(State(), head)
+    assert code[:3] in ("200", "400", "404", "405") and isinstance(body, bytes)
