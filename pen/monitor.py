@@ -30,9 +30,8 @@ RENEW = 1.0                   # seconds between looks at the server table
 
 
 class Monitor:
-    def __init__(self, state: State, tls_context=None) -> None:
+    def __init__(self, state: State) -> None:
         self.state = state
-        self.tls_context = tls_context           # ssl_backend's context, for the checks
         self.due: dict[int, float] = {}          # server index -> when its next check is due
         self.heap: list[tuple[float, int]] = []  # (due, index), some stale: due says
         self.started: dict[int, float] = {}      # server index -> when its last check began

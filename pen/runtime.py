@@ -138,7 +138,7 @@ class Runtime:
             self.control = control.ControlServer(
                 gsocket.socket(fileno=self.control_sock.detach()), state)
             self.control.start()
-        self.monitor = monitor.Monitor(state, self.tls.backend if self.tls else None)
+        self.monitor = monitor.Monitor(state)
         self.monitor.start()
         log.info("pen-lb listening on %s, %d servers", state.listen, len(state.servers))
         # What start-up built lives as long as we do: not the GC's work. A connection leaves
