@@ -279,3 +279,19 @@ def test_any_request_head_gets_an_answer(head):
     from pen import metrics
     code, kind, body, _ = metrics.respond(State(), head)
     assert code[:3] in ("200", "400", "404", "405") and isinstance(body, bytes)
+
+
+def test_the_status_page_shows_states_and_checks_once_used():
+    from pen import status
+    state = state_from("8080", "127.0.0.1:81", "127.0.0.1:82")
+    plain = status.html(status.snapshot(state, NOW))
+    assert "last check" not in plain
+    ask(state, "healthcheck tcp")
+    ask(state, "server 1 drain")
+    state.servers[0].health.record(False, "tcp refused", NOW, 2, 1)
+    snap = status.snapshot(state, NOW)
+    assert [s["state"] for s in snap["servers"]] == ["down", "drain"]
+    assert snap["servers"][0]["last_check"] == "tcp refused"
+    page = status.html(snap)
+    assert "<th bgcolor=\"#80f080\">last check</th>" in page and "<td>tcp refused</td>" in page
+    assert "<td>drain</td>" in page
