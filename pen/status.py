@@ -207,6 +207,9 @@ def families(snap: dict) -> list:
                snap["sessions"]),
         single("pen_tls_failures_total", "counter", "TLS handshakes that failed.",
                snap["events"].get("tls_failures", 0)),
+        single("pen_refusals_total", "counter",
+               "Clients that got no server (denied, or none would take them).",
+               snap["events"].get("no_server", 0) + snap["events"].get("udp_no_server", 0)),
         per_server("pen_server_up", "gauge",
                    "1 if the server is available (not blacklisted, down, drained, in "
                    "maintenance, unused).", lambda s: int(s["state"] in ("up", "full"))),

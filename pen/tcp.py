@@ -210,6 +210,7 @@ class TcpBalancer:
             ip = client_ip(address)
             found = self.connect(ip, address)
             if found is None:
+                state.counters["no_server"] += 1   # denied, or no server would take it
                 log.info("no server for %s", address)
                 return
             upstream, server = found

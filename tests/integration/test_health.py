@@ -477,6 +477,7 @@ def test_metrics_endpoint_says_what_servers_says(http_pair, start_pen):
     assert got[("pen_server_up", down)] == 0
     assert got[("pen_server_check_duration_seconds_count", down)] >= 2
     assert got[("pen_accepts_total", ())] >= 6
+    assert got[("pen_refusals_total", ())] == 0
     head = scrape(f"{url}/metrics", "-I")
     assert head.stdout.startswith("HTTP/1.1 200 OK") and "text/plain" in head.stdout
     assert json.loads(scrape(f"{url}/status.json").stdout)["servers"][1]["state"] == "down"
@@ -484,6 +485,11 @@ def test_metrics_endpoint_says_what_servers_says(http_pair, start_pen):
                   "%{http_code}").stdout == "405"
     assert scrape(f"{url}/nothing", "-o", "/dev/null", "-w", "%{http_code}").stdout == "404"
     assert scrape(f"{url}/metrics", interface="127.0.0.5").returncode != 0   # control_acl
+    ctl(control, "server 0 maint")
+    with pytest.raises(AssertionError):
+        names(port, 1)                                   # 0 in maint, 1 down: nobody
+    assert samples(scrape(f"{url}/metrics").stdout)[("pen_refusals_total", ())] == 1
+    ctl(control, "server 0 ready")
     other = free_port()
     assert ctl(control, f"metrics_port 127.0.0.1:{other}") == ""
     assert scrape(f"http://127.0.0.1:{other}/metrics").stdout.startswith("# HELP pen_up")
