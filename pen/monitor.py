@@ -51,8 +51,9 @@ class Monitor:
 
     def stop(self) -> None:
         self.state.health.on_change = self.state.health.on_check_now = None
-        if self.supervisor is not None:
-            self.supervisor.kill(block=False)
+        if self.supervisor is not None:       # at once, and no cycle through it left behind
+            self.supervisor.kill(block=True, timeout=1)
+            self.supervisor = None
         self.stopped = True                      # checks in flight end within their timeout
         self.due.clear()
         self.heap.clear()
