@@ -244,8 +244,8 @@ SERVER_FIELDS = ("acl", "address", "port", "max", "hard", "blacklist", "weight",
 @command("server")
 def server(state: State, args: list) -> str:
     """server N [acl A] [address A] [port P] [max M] [hard H] [blacklist S] [weight W] [prio P]"""
-    if len(args) == 2 and args[1] not in SERVER_FIELDS or args[1:2] and \
-            args[1] in health_commands.SERVER_WORDS:
+    if len(args) >= 2 and (args[1] in health_commands.SERVER_WORDS
+                           or len(args) == 2 and args[1] not in SERVER_FIELDS):
         return health_commands.server_words(state, args)   # healthcheck, drain, maint, ready
     if not args or len(args) % 2 == 0:
         raise CommandError("usage: server N [" + "|".join(f"{f} V" for f in SERVER_FIELDS) + "]...")

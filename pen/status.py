@@ -202,7 +202,7 @@ def families(snap: dict) -> list:
         single("pen_connections_max", "gauge", "Connection limit (-x).", snap["conn_max"]),
         single("pen_clients", "gauge", "Clients in the client table.", len(snap["clients"])),
         single("pen_clients_max", "gauge", "Client table slots (-c).", snap["clients_max"]),
-        single("pen_accepts_total", "counter", "Connections accepted.", snap["accepted"]),
+        single("pen_accepts_total", "counter", "TCP connections accepted.", snap["accepted"]),
         single("pen_sessions", "gauge", "UDP sessions (with -U), else connections in flight.",
                snap["sessions"]),
         single("pen_tls_failures_total", "counter", "TLS handshakes that failed.",
