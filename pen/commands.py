@@ -7,16 +7,16 @@ A handler takes the State and the words after the command name and returns the a
 
 from __future__ import annotations
 
-import math
 import os
 import time
 from typing import Callable
 
-from . import __version__, geoip
+from . import __version__, geoip, health_commands
 from . import status as status_report
 from .acl import AclError, parse_entry
 from .addr import AddressError, parse_listen, parse_server, resolve
 from .errors import CommandError
+from .registry import COMMANDS, Handler, at_most, command, number, show
 from .state import State
 
 MAX_LINE = 4096
@@ -34,41 +34,6 @@ def terminated(text: str) -> str:
     return text
 
 
-Handler = Callable[[State, list], str]
-COMMANDS: dict[str, Handler] = {}      # "name" and "no name" -> handler
-
-def command(*names: str):
-    def register(fn: Handler) -> Handler:
-        for name in names:
-            COMMANDS[name] = fn
-        return fn
-    return register
-
-
-# --- argument helpers -----------------------------------------------------------------
-
-def number(word: str, what: str, minimum: float = 0, integer: bool = True):
-    try:
-        value = int(word) if integer else float(word)
-    except ValueError:
-        raise CommandError(f"{what}: expected a number, got {word!r}") from None
-    if not math.isfinite(value):
-        raise CommandError(f"{what}: expected a finite number, got {word!r}")
-    if value < minimum:
-        raise CommandError(f"{what}: must be at least {minimum:g}, got {word}")
-    return value
-
-
-def show(value: float) -> str:
-    return str(int(value)) if float(value).is_integer() else f"{value:g}"
-
-
-def _args(args: list, most: int, usage: str) -> list:
-    if len(args) > most:
-        raise CommandError(f"usage: {usage}")
-    return args
-
-
 def setting(name: str, attr: str, *, minimum: float = 0, integer: bool = True,
             render: Callable[[object], str] = show, after: Callable[[State], None] | None = None,
             echo: bool = True):
@@ -76,7 +41,7 @@ def setting(name: str, attr: str, *, minimum: float = 0, integer: bool = True,
     value, as pen does for most of them)."""
     @command(name)
     def handler(state: State, args: list) -> str:
-        if _args(args, 1, f"{name} [N]"):
+        if at_most(args, 1, f"{name} [N]"):
             setattr(state, attr, number(args[0], name, minimum, integer))
             if after:
                 after(state)
@@ -92,7 +57,7 @@ def flag(name: str, attr: str | None = None) -> None:
 
     def setter(value: bool) -> Handler:
         def handler(state: State, args: list) -> str:
-            _args(args, 0, name)
+            at_most(args, 0, name)
             setattr(state, attr, value)
             return ""
         return handler
@@ -105,7 +70,7 @@ def text_setting(name: str, attr: str, after: Callable[[State], None] | None = N
     echo, shows it as pen does for log and web_stats), `no name` clears it if clearable."""
     @command(name)
     def handler(state: State, args: list) -> str:
-        if _args(args, 1, f"{name} [{what}]"):
+        if at_most(args, 1, f"{name} [{what}]"):
             setattr(state, attr, args[0])
             if after:
                 after(state)
@@ -180,7 +145,7 @@ COMMANDS["no ssl_ocsp_response"] = lambda state, args: ""
 
 @command("clients_max")
 def clients_max(state: State, args: list) -> str:
-    if _args(args, 1, "clients_max [N]"):
+    if at_most(args, 1, "clients_max [N]"):
         state.clients.resize(number(args[0], "clients_max"))
     return str(state.clients.slots)
 
@@ -243,6 +208,9 @@ PROXY_VERSIONS = ("v1", "v2", "off")
 @command("server")
 def server(state: State, args: list) -> str:
     """server N [acl A] [address A] [port P] [max M] [hard H] [blacklist S] [weight W] [prio P]"""
+    if len(args) >= 2 and (args[1] in health_commands.SERVER_WORDS
+                           or len(args) == 2 and args[1] not in SERVER_FIELDS):
+        return health_commands.server_words(state, args)   # healthcheck, drain, maint, ready
     if not args or len(args) % 2 == 0:
         raise CommandError("usage: server N [" + "|".join(f"{f} V" for f in SERVER_FIELDS) + "]...")
     index = number(args[0], "server")
@@ -285,7 +253,7 @@ def server(state: State, args: list) -> str:
 def proxy_protocol(state: State, args: list) -> str:
     """proxy_protocol [v1|v2|off]: send a PROXY header to every server (unless a server's
     own `server N proxy_protocol` says otherwise)."""
-    if not _args(args, 1, "proxy_protocol [v1|v2|off]"):
+    if not at_most(args, 1, "proxy_protocol [v1|v2|off]"):
         return state.proxy_protocol
     if args[0] not in PROXY_VERSIONS:
         raise CommandError(f"proxy_protocol: expected v1, v2 or off, got {args[0]!r}")
@@ -299,7 +267,7 @@ setting("upgrade_grace", "upgrade_grace", integer=False, echo=False)
 
 @command("no accept_proxy")
 def no_accept_proxy(state: State, args: list) -> str:
-    _args(args, 0, "no accept_proxy")
+    at_most(args, 0, "no accept_proxy")
     state.accept_proxy = -1
     return ""
 
@@ -316,7 +284,7 @@ def _special_server(attr: str, name: str):
     @command(name)
     def handler(state: State, args: list) -> str:
         srv = getattr(state, attr)
-        if not _args(args, 1, f"{name} [HOST:PORT]"):
+        if not at_most(args, 1, f"{name} [HOST:PORT]"):
             return str(srv.endpoint) if srv else ""
         listen_port = state.listen.port if state.listen else 0
         try:
@@ -358,7 +326,7 @@ def acl(state: State, args: list) -> str:
 @command("geoip_database")
 def geoip_database(state: State, args: list) -> str:
     """pen-lb: the .mmdb file `acl N ... country CC` looks addresses up in."""
-    if not _args(args, 1, "geoip_database [FILE]"):
+    if not at_most(args, 1, "geoip_database [FILE]"):
         return state.geoip_database or ""
     try:
         state.acls.geoip = geoip.open_database(args[0])
@@ -394,7 +362,7 @@ def pid(state: State, args: list) -> str:
 
 @command("listen")
 def listen(state: State, args: list) -> str:
-    if not _args(args, 1, "listen [ADDRESS:PORT]"):
+    if not at_most(args, 1, "listen [ADDRESS:PORT]"):
         return str(state.listen) if state.listen else ""
     try:
         endpoint = parse_listen(args[0], "udp" if state.udp else "tcp")
@@ -414,7 +382,7 @@ def control(state: State, args: list) -> str:
 
 @command("recent")
 def recent(state: State, args: list) -> str:
-    seconds = number(_args(args, 1, "recent [S]")[0], "recent", integer=False) if args else 300
+    seconds = number(at_most(args, 1, "recent [S]")[0], "recent", integer=False) if args else 300
     since = time.time() - seconds
     return "".join(f"{c.ip} connects {c.connects} sx {c.sx} rx {c.rx}\n"
                    for c in state.clients if c.last >= since)
@@ -479,7 +447,7 @@ def exit_(state: State, args: list) -> str:
 @command("status")
 def status(state: State, args: list) -> str:
     """status [html|json|prometheus]: the report; html is also written to the -w file."""
-    fmt = _args(args, 1, "status [html|json|prometheus]")[0] if args else "html"
+    fmt = at_most(args, 1, "status [html|json|prometheus]")[0] if args else "html"
     if fmt not in status_report.FORMATS:
         raise CommandError(f"status: unknown format {fmt!r} (html, json or prometheus)")
     text = status_report.render(state, fmt)
@@ -491,7 +459,7 @@ def status(state: State, args: list) -> str:
 @command("metrics")
 def metrics(state: State, args: list) -> str:
     """Prometheus text metrics (the same as `status prometheus`)."""
-    _args(args, 0, "metrics")
+    at_most(args, 0, "metrics")
     return status_report.render(state, "prometheus")
 
 
@@ -568,6 +536,7 @@ def dump(state: State) -> str:
         lines.append(f"upgrade_grace {show(state.upgrade_grace)}")
     lines += [f"web_stats {state.web_stats}" if state.web_stats else "no web_stats",
               onoff("weight"), onoff("prio")]
+    lines += health_commands.dump_lines(state)
     return "\n".join(lines) + "\n"
 
 

@@ -34,6 +34,13 @@ class ProcessHooks(Protocol):
     def shutdown(self) -> None:
         """`exit`: stop as SIGTERM does."""
 
+    def health_changed(self) -> None:
+        """A healthcheck*, slowstart or metrics_port setting changed: apply it now
+        (metrics_port's bind error is the command's answer, a CommandError)."""
+
+    def check_now(self, server) -> None:
+        """Check server at once (UDP silence asks); nothing without a check."""
+
 
 class Offline:
     """The hooks of a State with no running balancer behind it."""
@@ -57,6 +64,12 @@ class Offline:
 
     def shutdown(self) -> None:
         raise CommandError("exit: only available on a running balancer")
+
+    def health_changed(self) -> None:
+        pass                          # the checks start with the balancer
+
+    def check_now(self, server) -> None:
+        pass
 
 
 OFFLINE = Offline()

@@ -3,7 +3,7 @@
     penctl [--json] [--timeout S] host:port|port|/path/to/socket command [args...]
 
 The protocol is pen's: the words joined by spaces and a newline, then read until the
-balancer closes. `--json` turns answers with structure (servers, recent, mode, status,
+balancer closes. `--json` turns answers with structure (servers, health, recent, mode, status,
 single values) into JSON; it works against the C pen too, except for `status`, which asks
 pen-lb for `status json`.
 """
@@ -99,7 +99,7 @@ def as_json(command: str, text: str):
     """The answer to `command` as JSON-able data."""
     name = command.split()[0] if command.split() else ""
     lines = text.splitlines()
-    if name == "servers":
+    if name in ("servers", "health"):
         return [parse_pairs(line, "server") for line in lines if line.strip()]
     if name == "recent":
         return [parse_pairs(line, "address") for line in lines if line.strip()]

@@ -27,6 +27,7 @@ from . import (
     daemon,
     demo,
     dsr,
+    monitor,
     status,
     tls_contexts,
     transparent,
@@ -71,7 +72,7 @@ class Runtime:
     running = True
 
     def __init__(self, state: State, opts: Options, listen_sock, contexts=None,
-                 control_sock=None, started=None, inheritance=None) -> None:
+                 control_sock=None, started=None, inheritance=None, metrics_sock=None) -> None:
         self.state = state
         self.opts = opts
         self.inheritance = inheritance   # upgrade.Inheritance: tell the old copy we serve
@@ -89,6 +90,7 @@ class Runtime:
         if control_sock is not None:
             self.control = control.ControlServer(
                 gsocket.socket(fileno=control_sock.detach()), state)
+        self.monitor = monitor.Monitor(state, self.backend_tls, metrics_sock)   # checks, metrics
 
     # hooks for the command language (hooks.ProcessHooks) ------------------------------
 
@@ -111,6 +113,16 @@ class Runtime:
 
     def shutdown(self) -> None:
         self.stopping.set()
+
+    def health_changed(self) -> None:
+        self.monitor.changed()
+
+    def check_now(self, server) -> None:
+        self.monitor.check_now(server)
+
+    def backend_tls(self):
+        """The balancer's current ssl_backend context (it follows reloads), or None."""
+        return getattr(getattr(self.balancer, "contexts", None), "backend", None)
 
     def save_status(self, text: str) -> None:
         """The HTML status page, to the -w file (if there is one)."""
@@ -150,6 +162,7 @@ class Runtime:
         self.balancer.start()
         if self.control is not None:
             self.control.start()
+        self.monitor.start()
         log.info("pen-lb listening on %s, %d servers", state.listen, len(state.servers))
         if self.inheritance is not None:          # an upgrade: the old copy may retire now
             if self.opts.pidfile:
@@ -174,6 +187,7 @@ class Runtime:
         if not self.handed_off:
             notify("STOPPING=1")
         self.balancer.close(drain=self.handed_off)
+        self.monitor.stop()
         if self.control is not None:
             self.control.close()
             if self.state.control.is_unix and not self.handed_off:
@@ -227,6 +241,8 @@ class Runtime:
         sockets = {f"listen {self.state.listen}": self.balancer.listening_socket()}
         if self.control is not None:
             sockets[f"control {self.state.control}"] = self.control.socket
+        if self.monitor.metrics is not None:
+            sockets[f"metrics {self.monitor.metrics.endpoint}"] = self.monitor.metrics.socket
         try:
             process, pair = upgrade.start_successor(self.opts.argv, self.opts.cwd, sockets,
                                                     self.state)
@@ -313,7 +329,10 @@ def run(state: State, opts: Options) -> int:
             if control_sock is None:
                 control_sock = control.open_socket(state.control)
                 control.warn_if_exposed(state, state.control)
+        metrics_sock = None
         if inheritance is not None:
+            if state.health.metrics_port is not None:
+                metrics_sock = inheritance.take(f"metrics {state.health.metrics_port}")
             inheritance.restore(state)        # the old copy's client table and blacklist
         elif not opts.foreground:             # (a new copy is detached already)
             report = daemon.daemonize()
@@ -330,7 +349,7 @@ def run(state: State, opts: Options) -> int:
                 gevent.get_hub()      # its lazy imports must happen while Python is readable
                 daemon.drop_privileges(user)
             runtime = Runtime(state, opts, listen_sock, contexts, control_sock, report,
-                              inheritance)
+                              inheritance, metrics_sock)
             state.process = runtime
             return runtime.serve()
         finally:

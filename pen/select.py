@@ -2,8 +2,10 @@
 
 `candidates()` yields the servers to try, in pen's order:
   1. a client the ACL denies gets the abuse server (-B) or nothing;
-  2. unless -r, the server the client used last time, if it is available to it;
-  3. otherwise by mode: prio, weight, hash, or round-robin over available servers;
+  2. unless -r, the server the client used last time, if it is available to it (a
+     drained server still is; a down or maint one is not);
+  3. otherwise by mode: prio, weight, hash, or round-robin over available servers (with
+     slowstart, a server coming back takes a growing part of its turns);
   4. after a failure (the caller blacklists the server): the next available servers in
      order, wrapping around, then the emergency server (-e); with -s, nothing more, and
      nothing at all when the client's own server (step 2) is unavailable.
@@ -14,12 +16,16 @@ from __future__ import annotations
 
 from typing import Iterator
 
+from .health import admit, share
 from .state import Server, State
 
 
 def available(state: State, server: Server, ip, now: float, returning: bool = False) -> bool:
+    """A down (checked) or maint server gets nothing new; a drained one only its clients."""
     return (server.endpoint is not None
             and not server.blacklisted(now)
+            and server.health.up
+            and (server.admin == "ready" or (returning and server.admin == "drain"))
             and not server.full(returning)
             and state.acls.permits(server.acl, ip))
 
@@ -53,8 +59,15 @@ def _by_mode(state: State, ip, port, now: float) -> Server | None:
     ring = [s for s in _rotation(servers, state.rr_cursor + 1) if available(state, s, ip, now)]
     if not ring:
         return None
+    slowstart = state.health.slowstart
     if state.weight:
-        chosen = min(ring, key=lambda s: s.conn / max(s.weight, 1))
+        chosen = min(ring, key=lambda s: s.conn / (max(s.weight, 1) * share(s, now, slowstart)))
+    elif slowstart > 0:
+        # A server coming back takes only part of its turns; a turn it passes goes to the
+        # next server, and the rotation goes on after the one whose turn it was.
+        chosen = next((s for s in ring if admit(s, now, slowstart)), ring[0])
+        state.rr_cursor = ring[0].index
+        return chosen
     else:
         chosen = ring[0]
     state.rr_cursor = chosen.index
@@ -66,7 +79,8 @@ def _by_maglev(state: State, ip, now: float) -> Server | None:
     or its ACL denies this client, the next available one in order."""
     servers = state.servers
     up = [(s.index, f"{s.address}:{s.port}", s.weight or 1) for s in servers
-          if s.endpoint is not None and not s.blacklisted(now)]
+          if s.endpoint is not None and not s.blacklisted(now) and s.health.up
+          and s.admin == "ready"]
     index = state.maglev_table.lookup(up, ip.packed if ip is not None else b"")
     if index is None:
         return None

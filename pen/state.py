@@ -21,6 +21,7 @@ from typing import Any, Callable
 
 from .acl import AccessLists
 from .addr import Endpoint
+from .health import Check, Health, HealthSettings
 from .hooks import OFFLINE, ProcessHooks
 from .maglev import Maglev
 
@@ -46,6 +47,12 @@ class Server:
     dgrams_sx: int = 0                   # UDP datagrams sent to the server
     dgrams_rx: int = 0                   # UDP datagrams received from the server
     proxy_protocol: str | None = None    # v1, v2 or off; None: as state.proxy_protocol
+    # health.py: the check (None: the default), its results, the operator's word, slow start
+    check: Check | None = None
+    health: Health = field(default_factory=Health)
+    admin: str = "ready"                 # ready, drain or maint
+    ramp_start: float = 0.0
+    ramp_credit: float = 0.0
 
     @property
     def name(self) -> str:
@@ -227,6 +234,7 @@ class State:
         self.proxy_protocol = "off"          # send a PROXY header to servers: v1, v2, off
         self.accept_proxy = -1               # take one from peers ACL N permits (-1: never)
         self.upgrade_grace = 30.0            # seconds an upgraded-away copy lets connections run
+        self.health = HealthSettings()    # healthcheck*, slowstart, metrics_port
         # TLS (-E ...): plain settings, applied by tls.py
         self.ssl_cert: str | None = None
         self.ssl_key: str | None = None
@@ -256,6 +264,7 @@ class State:
         self.connections: dict[int, Connection] = {}
         self.counters: Counter[str] = Counter()   # events the I/O layer counts (udp_stray...)
         self.last_slot = 0           # pen's connections_last: where the next search starts
+        self.accepted = 0             # connections opened (accepted) since start
         self.process: ProcessHooks = OFFLINE    # the running process, once there is one
         self.started = time.time()
 
@@ -299,6 +308,7 @@ class State:
             slot = self._next_free_slot(slot)
         self.last_slot = slot
         conn = taken[slot] = Connection(slot, client)
+        self.accepted += 1
         return conn
 
     def track(self, conn: Connection, ip, server: Server, now: float) -> None:

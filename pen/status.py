@@ -10,7 +10,12 @@ import html as _html
 import json as _json
 import time
 
-from . import __version__
+# imported at start-up, not on first use: after -u drops privileges, or in a chroot, the
+# Python library may not be readable any more
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
+
+from . import __version__, health
 from .state import State
 
 FORMATS = ("html", "json", "prometheus")
@@ -26,6 +31,10 @@ def _peer(address) -> str:
 def server_state(server, now: float) -> str:
     if server.endpoint is None:
         return "unused"
+    if server.admin != "ready":
+        return server.admin                   # drain, maint: the operator's word
+    if not server.health.up:
+        return "down"                         # by its health check
     if server.blacklisted(now):
         return "blacklisted"
     if server.full(False):
@@ -43,6 +52,11 @@ def connection_row(conn, now: float) -> dict:
             "age": round(max(now - conn.started, 0), 1), "sent": conn.sx, "received": conn.rx}
 
 
+def _check_kind(state: State, server) -> str | None:
+    check = health.effective(state.health, server)
+    return check.kind if check else None
+
+
 def snapshot(state: State, now: float | None = None) -> dict:
     """Everything the status report shows, as plain data (the JSON form)."""
     now = time.time() if now is None else now
@@ -56,6 +70,10 @@ def snapshot(state: State, now: float | None = None) -> dict:
         "sent": s.sx, "received": s.rx, "weight": s.weight, "prio": s.prio, "acl": s.acl,
         "connects": s.total, "failures": s.failures,
         "datagrams_sent": s.dgrams_sx, "datagrams_received": s.dgrams_rx,
+        "check": _check_kind(state, s), "last_check": s.health.last or None,
+        "checks": s.health.checks, "state_since": round(max(now - s.health.since, 0), 1),
+        "check_durations": list(s.health.durations),
+        "check_duration_sum": round(s.health.duration_sum, 6),
     } for s in state.servers]
     clients = [{
         "slot": c.slot, "address": str(c.ip), "age": round(max(now - c.last, 0), 1),
@@ -74,6 +92,8 @@ def snapshot(state: State, now: float | None = None) -> dict:
         "conn_max": state.conn_max, "connections": connections,
         "last_connection": state.last_slot, "current_server": state.current,
         "events": dict(sorted(state.counters.items())),   # udp_refused, tls_failures...
+        "accepted": state.accepted,
+        "sessions": len(state.connections),       # (UDP: one connection per session)
     }
 
 
@@ -85,6 +105,8 @@ SERVER_COLUMNS = (("server", "index"), ("address", "address"), ("status", "black
                   ("port", "port"), ("connections", "connections"), ("max soft", "max"),
                   ("max hard", "hard"), ("sent", "sent"), ("received", "received"),
                   ("weight", "weight"), ("prio", "prio"), ("state", "state"))
+HEALTH_COLUMNS = (("check", "check"), ("last check", "last_check"),
+                  ("since(secs)", "state_since"))      # only once checks or states are used
 CLIENT_COLUMNS = (("client", "slot"), ("address", "address"), ("age(secs)", "age"),
                   ("last server", "last_server"), ("connects", "connects"),
                   ("sent", "sent"), ("received", "received"))
@@ -115,13 +137,14 @@ def _table(columns, rows: list[dict]) -> str:
 
 def html(snap: dict) -> str:
     when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(snap["time"]))
+    checked = any(s["check"] or s["state"] in ("drain", "maint") for s in snap["servers"])
     clients = [dict(c, age=int(c["age"])) for c in snap["clients"]]       # pen: whole seconds
     connections = [dict(c, server=-1 if c["server"] is None else c["server"])
                    for c in snap["connections"]]
     out = ['<html>\n<head>\n<title>Pen status page</title>\n</head>\n'
            '<body bgcolor="#ffffff"><h1>Pen status page</h1>\n',
            f"Time {when}, {len(snap['servers'])} servers, {snap['current_server']} current<p>\n",
-           _table(SERVER_COLUMNS, snap["servers"]),
+           _table(SERVER_COLUMNS + (HEALTH_COLUMNS if checked else ()), snap["servers"]),
            f"<h2>Active clients</h2>Max number of clients: {snap['clients_max']}<p>",
            _table(CLIENT_COLUMNS, sorted(clients, key=lambda c: c["slot"])),
            f"<h2>Active connections</h2>Number of connections: {snap['conn_max']} max, "
@@ -139,11 +162,7 @@ def json(snap: dict) -> str:
     return _json.dumps(snap, indent=1) + "\n"
 
 
-# --- Prometheus text exposition format --------------------------------------------------
-
-def _label(value) -> str:
-    return str(value).replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
-
+# --- Prometheus (prometheus_client's metric families and exposition) --------------------
 
 SERVER_METRICS = (
     ("pen_server_connections", "gauge", "connections", "Connections open to the server."),
@@ -158,38 +177,91 @@ SERVER_METRICS = (
      "UDP datagrams received from the server."),
     ("pen_server_weight", "gauge", "weight", "Server weight."),
     ("pen_server_prio", "gauge", "prio", "Server priority."),
+    ("pen_server_checks_total", "counter", "checks", "Health checks made."),
+    ("pen_server_state_seconds", "gauge", "state_since",
+     "Seconds since the server's state (up, down, drain, maint) last changed."),
 )
+CHECK_STATES = ("up", "down", "drain", "maint")
+WHO = ("server", "address", "port")
+
+
+def families(snap: dict) -> list:
+    """The snapshot as prometheus_client metric families (today's names and labels)."""
+    kinds = {"gauge": GaugeMetricFamily, "counter": CounterMetricFamily}
+    servers = snap["servers"]
+
+    def who(s):
+        return [str(s["index"]), str(s["address"]), str(s["port"])]
+
+    def single(name, kind, text, value):
+        return kinds[kind](name, text, value=value)
+
+    def per_server(name, kind, text, value):
+        family = kinds[kind](name, text, labels=WHO)
+        for s in servers:
+            family.add_metric(who(s), value(s))
+        return family
+
+    out = [
+        single("pen_up", "gauge", "The balancer is running.", 1),
+        single("pen_uptime_seconds", "gauge", "Seconds since start.", snap["uptime"]),
+        single("pen_connections", "gauge", "Connections in flight.", len(snap["connections"])),
+        single("pen_connections_max", "gauge", "Connection limit (-x).", snap["conn_max"]),
+        single("pen_clients", "gauge", "Clients in the client table.", len(snap["clients"])),
+        single("pen_clients_max", "gauge", "Client table slots (-c).", snap["clients_max"]),
+        single("pen_accepts_total", "counter", "TCP connections accepted.", snap["accepted"]),
+        single("pen_sessions", "gauge", "UDP sessions (with -U), else connections in flight.",
+               snap["sessions"]),
+        single("pen_tls_failures_total", "counter", "TLS handshakes that failed.",
+               snap["events"].get("tls_failures", 0)),
+        single("pen_refusals_total", "counter",
+               "Clients that got no server (denied, or none would take them).",
+               snap["events"].get("no_server", 0) + snap["events"].get("udp_no_server", 0)),
+        per_server("pen_server_up", "gauge",
+                   "1 if the server is available (not blacklisted, down, drained, in "
+                   "maintenance, unused).", lambda s: int(s["state"] in ("up", "full"))),
+        per_server("pen_server_blacklisted_seconds", "gauge", "Seconds of blacklisting left.",
+                   lambda s: s["blacklisted_for"]),
+    ]
+    out += [per_server(name, kind, text, lambda s, key=key: s[key])
+            for name, kind, key, text in SERVER_METRICS]
+    state = GaugeMetricFamily("pen_server_state", "1 for the server's state, 0 for the others.",
+                              labels=WHO + ("state",))
+    durations = HistogramMetricFamily("pen_server_check_duration_seconds",
+                                      "How long health checks took.", labels=WHO)
+    for s in servers:
+        word = s["state"] if s["state"] in CHECK_STATES else "up" if s["state"] == "full" \
+            else "down"
+        for name in CHECK_STATES:
+            state.add_metric(who(s) + [name], int(name == word))
+        counts, running = s["check_durations"], 0
+        buckets = []
+        for bound, count in zip([*map(str, health.DURATION_BUCKETS), "+Inf"], counts, strict=True):
+            running += count
+            buckets.append((bound, running))
+        durations.add_metric(who(s), buckets, s["check_duration_sum"])
+    events = CounterMetricFamily("pen_events_total",
+                                 "Events counted (udp_refused, tls_failures...).",
+                                 labels=("event",))
+    for name, count in snap["events"].items():
+        events.add_metric([name], count)
+    return out + [state, durations, events]
+
+
+class _Snapshot:
+    """A prometheus_client collector over one snapshot."""
+
+    def __init__(self, snap: dict) -> None:
+        self.snap = snap
+
+    def collect(self):
+        return families(self.snap)
 
 
 def prometheus(snap: dict) -> str:
-    out = []
-
-    def metric(name, kind, text, samples):
-        out.append(f"# HELP {name} {text}")
-        out.append(f"# TYPE {name} {kind}")
-        for labels, value in samples:
-            inner = ",".join(f'{k}="{_label(v)}"' for k, v in labels.items())
-            out.append(f"{name}{{{inner}}} {value}" if inner else f"{name} {value}")
-
-    def who(s):
-        return {"server": s["index"], "address": s["address"], "port": s["port"]}
-
-    metric("pen_up", "gauge", "The balancer is running.", [({}, 1)])
-    metric("pen_uptime_seconds", "gauge", "Seconds since start.", [({}, snap["uptime"])])
-    metric("pen_connections", "gauge", "Connections in flight.",
-           [({}, len(snap["connections"]))])
-    metric("pen_connections_max", "gauge", "Connection limit (-x).", [({}, snap["conn_max"])])
-    metric("pen_clients", "gauge", "Clients in the client table.", [({}, len(snap["clients"]))])
-    metric("pen_clients_max", "gauge", "Client table slots (-c).", [({}, snap["clients_max"])])
-    metric("pen_server_up", "gauge", "1 if the server is available (not blacklisted, unused).",
-           [(who(s), int(s["state"] in ("up", "full"))) for s in snap["servers"]])
-    metric("pen_server_blacklisted_seconds", "gauge", "Seconds of blacklisting left.",
-           [(who(s), s["blacklisted_for"]) for s in snap["servers"]])
-    for name, kind, key, text in SERVER_METRICS:
-        metric(name, kind, text, [(who(s), s[key]) for s in snap["servers"]])
-    metric("pen_events_total", "counter", "Events counted (udp_refused, tls_failures...).",
-           [({"event": k}, v) for k, v in snap["events"].items()])
-    return "\n".join(out) + "\n"
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(_Snapshot(snap))
+    return generate_latest(registry).decode("utf-8")
 
 
 def render(state: State, fmt: str = "html", now: float | None = None) -> str:

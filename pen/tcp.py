@@ -247,6 +247,7 @@ class TcpBalancer:
             ip = client_ip(peer)
             found = self.connect_server(ip, conn, accepted)
             if found is None:
+                state.count("no_server")            # denied, or no server would take it
                 log.info("no server for %s", peer)
                 return
             upstream, server = found

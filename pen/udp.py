@@ -128,9 +128,10 @@ class Session:
         """The server left the pending datagram unanswered for -t. Silence is evidence any
         client can forge (a spoofed source, a query no server answers), so it takes no server
         out: the datagram moves on to a server this session has not tried, and when none is
-        left the session ends. Silence asks for a health check: once checks exist, this is
-        where one is requested for self.server (only a failed check may blacklist it)."""
+        left the session ends. Silence asks for a health check of self.server at once
+        (if it has one): only a failed check takes it out."""
         self.balancer.state.count("udp_silent")
+        self.balancer.state.process.check_now(self.server)
         self.balancer.log_silence("server %s (%s) left a datagram unanswered for %ss; "
                                   "passing it on (not blacklisted: silence can be forged)",
                                   self.server.index, self.server.endpoint,

@@ -280,7 +280,8 @@ def test_status_page_command_sigusr1_json_metrics(backends, start_pen, tmp_path)
     ours = json.loads(penctl("--json", ctl, "status"))
     assert ours["servers"][0]["address"] == "127.0.0.1"
     metrics = penctl(ctl, "metrics")
-    assert f'pen_server_up{{server="0",address="127.0.0.1",port="{backends[0].port}"}} 1' in metrics
+    assert f'pen_server_up{{address="127.0.0.1",port="{backends[0].port}",server="0"}} 1.0' \
+        in metrics
     assert penctl(ctl, "status", "prometheus").startswith("# HELP pen_up")
     servers = json.loads(penctl("--json", ctl, "servers"))
     assert [s["port"] for s in servers] == [b.port for b in backends]

@@ -16,10 +16,12 @@ LAYERS = {
     "command line": {"__main__", "cli", "penctl", "setup_host", "service"},
     "process": {"runtime", "daemon", "demo", "upgrade", "notify"},
     "input/output": {"balancer", "tcp", "tls", "udp", "dsr", "control", "relay",
-                     "transparent", "sockets", "logs", "mmsg", "workers", "vrrp"},
+                     "transparent", "sockets", "logs", "mmsg", "workers", "vrrp",
+                     "probes", "monitor", "metrics"},
     "pure core": {"__init__", "state", "select", "commands", "hooks", "acl", "addr", "http",
                   "status", "udptable", "dsr_frames", "dsr_slots", "tls_contexts", "errors",
-                  "portable", "proxy_protocol", "geoip", "maglev", "evict"},
+                  "portable", "proxy_protocol", "geoip", "maglev", "evict", "health",
+                  "health_commands", "registry"},
 }
 RANK = {module: rank for rank, modules in enumerate(reversed(LAYERS.values()))
         for module in modules}
