@@ -47,9 +47,18 @@ class Target:
 
 def probe(check: Check, target: Target, timeout: float) -> str:
     """Run one check: '' if it passed, else why not (one line)."""
-    timer = gevent.Timeout(timeout)
+    if check.kind == "tcp" and target.tls is None:
+        timer = None            # the commonest check: its connect has a deadline of its own
+    else:
+        timer = gevent.Timeout(timeout)
+        timer.start()
     try:
-        with timer:
+        if timer is None:
+            try:
+                _tcp_connect_and_reset(target, timeout)
+            except TimeoutError:
+                return f"tcp timeout after {timeout:g} s"
+        else:
             PROBES[check.kind](check, target)
         return ""
     except gevent.Timeout as e:
@@ -64,6 +73,9 @@ def probe(check: Check, target: Target, timeout: float) -> str:
         return f"{check.kind} {e.strerror or e.__class__.__name__}"
     except Exception as e:            # dnslib's and ssl's own errors for bad bytes
         return f"{check.kind} bad answer: {e.__class__.__name__}"
+    finally:
+        if timer is not None:
+            timer.close()
 
 
 # --- sockets ---------------------------------------------------------------------------------
@@ -80,15 +92,16 @@ def _socket(target: Target, kind: int):
     return sock
 
 
-def _connected(target: Target):
+def _connected(target: Target, timeout: float | None = None):
     """A plain non-blocking socket connected to the server (connect_within: no gevent socket
-    object unless the check talks; a `tcp` check is connect and close)."""
+    object unless the check talks; a `tcp` check is connect and close). Bounded by
+    probe()'s timeout, or by timeout when given."""
     endpoint = target.endpoint
     sock = socket.socket(endpoint.family, socket.SOCK_STREAM | socket.SOCK_NONBLOCK)
     try:
         if target.source and not endpoint.is_unix:
             sock.bind((target.source, 0))
-        connect_within(sock, endpoint.sockaddr, None)   # bounded by probe()'s timeout
+        connect_within(sock, endpoint.sockaddr, timeout)
     except BaseException:
         sock.close()
         raise
@@ -133,7 +146,11 @@ def check_tcp(check: Check, target: Target) -> None:
     if target.tls is not None:
         _stream(target).close()
         return
-    sock = _connected(target)
+    _tcp_connect_and_reset(target)
+
+
+def _tcp_connect_and_reset(target: Target, timeout: float | None = None) -> None:
+    sock = _connected(target, timeout)
     if not target.endpoint.is_unix:      # close with a reset: no TIME_WAIT per check
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _RESET)
     sock.close()
