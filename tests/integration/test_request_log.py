@@ -54,7 +54,9 @@ def test_a_connection_that_is_not_http_is_logged_once_with_its_first_line(start_
         pen, port = start_pen("-l", str(log), servers=[f"127.0.0.1:{listener.getsockname()[1]}"])
         with socket.create_connection(("127.0.0.1", port)) as client:
             client.sendall(b"SSH-2.0-OpenSSH_9.2\r\n\x00\x01binary")
-            wait_for(lambda: "SSH-2.0-OpenSSH_9.2" in log.read_text(), what="the log line")
+            # (pen opens its -l file once it serves: it may listen a moment before)
+            wait_for(lambda: log.exists() and "SSH-2.0-OpenSSH_9.2" in log.read_text(),
+                     what="the log line")
     lines = [line for line in log.read_text().splitlines() if "SSH" in line]
     assert len(lines) == 1 and lines[0].endswith(" 127.0.0.1 SSH-2.0-OpenSSH_9.2")
 
