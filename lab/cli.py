@@ -39,6 +39,21 @@ def parse_args(argv):
     return parser.parse_args(argv)
 
 
+NO_DOCKER_SDK = ("the docker lab needs its extra: pip install 'pen-lb[lab]' (and a docker "
+                 "engine); `pen-lab demo --local` needs neither")
+
+
+def docker_lab_module():
+    """pen_lab.docker_lab, or one line saying what to install when the docker SDK is missing."""
+    try:
+        from pen_lab import docker_lab
+    except ModuleNotFoundError as e:
+        if e.name != "docker":
+            raise
+        raise LabError(NO_DOCKER_SDK) from None
+    return docker_lab
+
+
 def run_on_lab(args, names, story):
     """Run scenarios on the local lab, or on docker (bringing the lab up if it is down)."""
     if args.local:
@@ -50,7 +65,7 @@ def run_on_lab(args, names, story):
         finally:
             lab.close()
         return
-    from pen_lab import docker_lab
+    docker_lab = docker_lab_module()
     engine = docker_lab.connect()
     started = not engine.containers.list(all=True, filters=docker_lab.OURS)
     if started:
@@ -92,7 +107,8 @@ def main(argv=None):
                 report.write(args.report, story.timelines)
                 print(f"report written to {args.report}")
         else:
-            from pen_lab import docker_lab, images
+            docker_lab = docker_lab_module()
+            from pen_lab import images
             engine = docker_lab.connect()
             if args.command == "build":
                 began = time.monotonic()

@@ -36,3 +36,15 @@ def test_user_mistakes_get_one_line_and_nonzero_exit():
         assert done.returncode == 2
         assert word in done.stderr and "Traceback" not in done.stderr
         assert len(done.stderr.strip().splitlines()) == 1
+
+
+def test_the_docker_lab_without_its_extra_says_what_to_install():
+    """pen-lab build/up/scenario without the `lab` extra (no docker SDK): one line naming it."""
+    hide_docker = ("import sys; sys.modules['docker'] = None; from pen_lab.cli import main; "
+                   "sys.exit(main(sys.argv[1:]))")
+    for argv in (["build"], ["status"], ["scenario", "tracking"]):
+        done = subprocess.run([sys.executable, "-c", hide_docker, *argv], capture_output=True,
+                              text=True, timeout=30)
+        assert done.returncode == 2, done.stderr
+        assert "pip install 'pen-lb[lab]'" in done.stderr and "Traceback" not in done.stderr
+        assert len(done.stderr.strip().splitlines()) == 1
