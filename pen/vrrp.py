@@ -34,7 +34,7 @@ class Vrrp:
     check_port: int = 80
     check_host: str = "127.0.0.1"
     preempt: bool = True
-    advert_int: int = 1
+    advert_int: float = 1             # seconds; below 1 (or fractions) needs VRRPv3
     script_user: str = "nobody"
     python: str = sys.executable
 
@@ -57,8 +57,11 @@ class Vrrp:
             raise VrrpError(f"--script-user {self.script_user!r}: not a user name")
         if not 1 <= self.check_port <= 65535:
             raise VrrpError(f"--check-port {self.check_port}: must be 1..65535")
-        if not 1 <= self.advert_int <= 255:
-            raise VrrpError(f"--advert-int {self.advert_int}: must be 1..255")
+        if not (self.advert_int in range(1, 256) or (
+                0.01 <= self.advert_int <= 40.95
+                and abs(self.advert_int * 100 - round(self.advert_int * 100)) < 1e-9)):
+            raise VrrpError(f"--advert-int {self.advert_int:g}: keepalived takes 1..255 whole "
+                            "seconds, or 0.01..40.95 in hundredths (VRRPv3)")
         for peer in self.peers:
             try:
                 address = ipaddress.ip_address(peer)
@@ -69,6 +72,12 @@ class Vrrp:
             if address == vip.ip:
                 raise VrrpError(f"--peer {peer}: is the VIP itself; give the other boxes' "
                                 "own addresses")
+
+    @property
+    def version3(self) -> bool:
+        """VRRPv3: needed for IPv6 and for adverts more often than once a second."""
+        return ipaddress.ip_interface(self.vip).version == 6 or \
+            self.advert_int not in range(1, 256)
 
     @property
     def instance(self) -> str:
@@ -102,10 +111,10 @@ def render(vrrp: Vrrp) -> str:
         f"    interface {vrrp.interface}",
         f"    virtual_router_id {vrrp.router_id}",
         f"    priority {vrrp.priority}",
-        f"    advert_int {vrrp.advert_int}",
+        f"    advert_int {vrrp.advert_int:g}",
     ]
-    if vip.version == 6:
-        lines.append("    version 3")          # VRRP over IPv6 exists only in version 3
+    if vrrp.version3:                          # IPv6, or sub-second adverts: only in VRRPv3
+        lines.append("    version 3")
     if not vrrp.preempt:
         lines.append("    nopreempt")
     if vrrp.peers:
@@ -179,7 +188,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--script-user", default="nobody",
                         help="user that runs the check (it only opens a connection); it must "
                         "be able to run this Python (default nobody)")
-    parser.add_argument("--advert-int", type=int, default=1, help="seconds between adverts")
+    parser.add_argument("--advert-int", type=float, default=1,
+                        help="seconds between adverts: 1..255, or 0.01..40.95 (VRRPv3)")
     out = parser.add_mutually_exclusive_group(required=True)
     out.add_argument("--print", action="store_true", help="write the config to stdout")
     out.add_argument("--write", metavar="FILE",

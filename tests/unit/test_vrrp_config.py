@@ -1,5 +1,9 @@
 """pen-setup vrrp: the keepalived.conf it renders and the mistakes it refuses."""
 
+import os
+import shutil
+import subprocess
+
 import pytest
 
 from pen import setup_host
@@ -95,3 +99,29 @@ def test_cli_prints_writes_and_refuses(tmp_path, capsys):
     with pytest.raises(SystemExit):                      # neither --print nor --write
         setup_host.main(base)
 
+
+
+def test_sub_second_adverts_use_vrrp_version_3_and_keepalived_takes_them(tmp_path):
+    text = render(Vrrp("eth1", "192.0.2.10/24", 150, advert_int=0.2))
+    inst = block(text, "vrrp_instance pen_vip_51")
+    assert "advert_int 0.2" in inst and "version 3" in inst
+    assert "version 3" not in block(render(Vrrp("eth1", "192.0.2.10/24", 150, advert_int=3)),
+                                    "vrrp_instance pen_vip_51")
+    if shutil.which("keepalived") or os.environ.get("CI"):
+        good, bad = tmp_path / "good.conf", tmp_path / "bad.conf"
+        good.write_text(text)
+        bad.write_text(text.replace("advert_int 0.2", "advert_int 0.005"))
+
+        def complaints(path):       # (the interface need not exist: only adverts matter)
+            out = subprocess.run(["keepalived", "-t", "-f", str(path)], capture_output=True,
+                                 text=True, timeout=30)
+            return [line for line in (out.stdout + out.stderr).splitlines()
+                    if "Advert interval" in line or "outside range" in line]
+        assert complaints(good) == []
+        assert complaints(bad)                          # the check would catch a bad one
+
+
+@pytest.mark.parametrize("advert", [0.005, 0.255, 41.5, 256, 0])
+def test_advert_intervals_keepalived_cannot_honour_are_refused(advert):
+    with pytest.raises(VrrpError, match=r"--advert-int .*: keepalived takes 1..255 whole"):
+        render(Vrrp("eth1", "192.0.2.10/24", 150, advert_int=advert))
