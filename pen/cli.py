@@ -13,7 +13,7 @@ import socket
 import sys
 import time
 
-from . import __version__, commands
+from . import __version__, commands, group, member
 from .addr import AddressError, ServerSpec, parse_listen, parse_server, resolve
 from .errors import UsageError
 from .runtime import Options, run
@@ -217,6 +217,8 @@ def main(argv: list[str] | None = None) -> int:
         if opts.answers:              # as pen: what -O, -o and -F commands answer, on stdout
             sys.stdout.write(opts.answers)
             sys.stdout.flush()
+        if state.workers > 1 and member.ENV not in os.environ:
+            return group.run(state, opts)
         return run(state, opts)
     except UsageError as e:
         print(f"pen: {e}", file=sys.stderr)

@@ -264,6 +264,26 @@ def proxy_protocol(state: State, args: list) -> str:
 setting("accept_proxy", "accept_proxy", minimum=0, echo=False)
 setting("upgrade_grace", "upgrade_grace", integer=False, echo=False)
 
+MAX_WORKERS = 256
+
+
+@command("workers")
+def workers(state: State, args: list) -> str:
+    """workers [N|auto]: how many processes serve (group.py); set at start-up only."""
+    if not at_most(args, 1, "workers [N|auto]"):
+        return str(state.workers)
+    if state.process.running:
+        raise CommandError("workers: set at start-up only (-O \"workers N\"); restart pen")
+    if args[0] == "auto":
+        state.workers = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") \
+            else (os.cpu_count() or 1)
+        return ""
+    n = number(args[0], "workers", minimum=1)
+    if n > MAX_WORKERS:
+        raise CommandError(f"workers: at most {MAX_WORKERS}, got {args[0]}")
+    state.workers = n
+    return ""
+
 
 @command("no accept_proxy")
 def no_accept_proxy(state: State, args: list) -> str:
@@ -292,8 +312,7 @@ def _special_server(attr: str, name: str):
             endpoint = spec.endpoint if spec.endpoint.is_unix else resolve(spec.endpoint)
         except AddressError as e:
             raise CommandError(f"{name}: {e}") from None
-        from .state import Server
-        setattr(state, attr, Server(-1 if attr == "emergency" else -2, endpoint))
+        setattr(state, attr, state.new_server(-1 if attr == "emergency" else -2, endpoint))
         return ""
 
     @command("no " + name)

@@ -106,9 +106,11 @@ class ControlServer(StreamServer):
     most `concurrency` at once; a full server makes room by closing a silent client."""
 
     def __init__(self, sock, state: State, timeout: float = RECEIVE,
-                 concurrency: int = CONCURRENCY, grace: float = GRACE) -> None:
+                 concurrency: int = CONCURRENCY, grace: float = GRACE, answer=None) -> None:
         super().__init__(sock, self.serve_client, spawn=self.admit)
         self.state = state
+        # a command line -> its answer (a worker group's parent answers for the group)
+        self.answer = answer or (lambda line: commands.answer(state, line))
         self.timeout = timeout
         self.concurrency, self.grace = concurrency, grace
         self.clients: dict = {}   # greenlet -> (ip, accepted at (monotonic) or None: answering)
@@ -179,7 +181,7 @@ class ControlServer(StreamServer):
             self.answering(me)
             log.debug("control: %s: %s", ip or "unix", line)
             try:
-                reply = commands.answer(self.state, line)
+                reply = self.answer(line)
             except Exception:                       # a bug, not the client's fault
                 log.exception("control: %r failed", line)
                 reply = "internal error; see pen's log\n"

@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 import sys
 
+from .errors import CommandError
+
 
 class DaemonError(RuntimeError):
     pass
@@ -175,3 +177,15 @@ def drop_privileges(user) -> None:
     os.setgroups([])
     os.setgid(user.pw_gid)
     os.setuid(user.pw_uid)
+
+
+def save_status(path: str | None, text: str) -> None:
+    """The HTML status page, to the -w file (if there is one); CommandError if it fails."""
+    if not path:
+        return
+    try:
+        with open(path + ".tmp", "w") as f:
+            f.write(text)
+        os.replace(path + ".tmp", path)
+    except OSError as e:
+        raise CommandError(f"Unable to create webstats {path}: {e.strerror}") from None

@@ -27,6 +27,7 @@ from . import (
     daemon,
     demo,
     dsr,
+    member,
     monitor,
     status,
     tls_contexts,
@@ -72,8 +73,11 @@ class Runtime:
     running = True
 
     def __init__(self, state: State, opts: Options, listen_sock, contexts=None,
-                 control_sock=None, started=None, inheritance=None, metrics_sock=None) -> None:
+                 control_sock=None, started=None, inheritance=None, metrics_sock=None,
+                 member=None) -> None:
         self.state = state
+        self.member = member             # member.Member: a worker of a group (its parent
+        #                                  has the control port and the health checks)
         self.opts = opts
         self.inheritance = inheritance   # upgrade.Inheritance: tell the old copy we serve
         self.upgrading = False
@@ -115,10 +119,12 @@ class Runtime:
         self.stopping.set()
 
     def health_changed(self) -> None:
-        self.monitor.changed()
+        if self.member is None:
+            self.monitor.changed()
 
     def check_now(self, server) -> None:
-        self.monitor.check_now(server)
+        if self.member is None:
+            self.monitor.check_now(server)
 
     def backend_tls(self):
         """The balancer's current ssl_backend context (it follows reloads), or None."""
@@ -126,15 +132,7 @@ class Runtime:
 
     def save_status(self, text: str) -> None:
         """The HTML status page, to the -w file (if there is one)."""
-        path = self.state.web_stats
-        if not path:
-            return
-        try:
-            with open(path + ".tmp", "w") as f:
-                f.write(text)
-            os.replace(path + ".tmp", path)
-        except OSError as e:
-            raise CommandError(f"Unable to create webstats {path}: {e.strerror}") from None
+        daemon.save_status(self.state.web_stats, text)
 
     def reload_tls(self) -> None:
         """Certificates, keys and ssl_* settings again (SIGHUP, ssl_* commands): new
@@ -162,7 +160,10 @@ class Runtime:
         self.balancer.start()
         if self.control is not None:
             self.control.start()
-        self.monitor.start()
+        if self.member is None:
+            self.monitor.start()
+        else:
+            self.member.start(self)
         log.info("pen-lb listening on %s, %d servers", state.listen, len(state.servers))
         if self.inheritance is not None:          # an upgrade: the old copy may retire now
             if self.opts.pidfile:
@@ -227,6 +228,8 @@ class Runtime:
     def upgrade(self) -> None:
         """SIGUSR2: start a new copy of pen and hand it the sockets and client table; once
         it serves, retire (stop accepting, drain for upgrade_grace seconds, exit)."""
+        if self.member is not None:
+            return                         # the group's parent upgrades the group
         if self.upgrading:
             log.warning("SIGUSR2: an upgrade is already in progress; ignored")
             return
@@ -306,6 +309,11 @@ def run(state: State, opts: Options) -> int:
         signal.signal(sig, signal.SIG_IGN)
     report = None                 # after daemonizing: tells the waiting parent how it went
     inheritance = None            # started by an upgrade: what the old copy handed over
+    worker = member.member()      # started by a worker group's parent (group.py)
+    if worker is not None:
+        worker.join(state)
+        opts.foreground, opts.pidfile, opts.user = True, None, None
+        state.control = None
     try:
         inheritance = upgrade.inherit()
         if opts.demo:
@@ -317,7 +325,8 @@ def run(state: State, opts: Options) -> int:
                              "use -u USER to drop privileges (-u root forces it)")
         if state.udp:
             udp.check(state)
-        listen_sock = inheritance and inheritance.take(f"listen {state.listen}")
+        listen_sock = worker.listen if worker else \
+            inheritance and inheritance.take(f"listen {state.listen}")
         if listen_sock is None:
             listen_sock = (dsr.open_socket(state) if state.dsr_if
                            else bind(state.listen, socktype(state), backlog=opts.backlog))
@@ -349,7 +358,7 @@ def run(state: State, opts: Options) -> int:
                 gevent.get_hub()      # its lazy imports must happen while Python is readable
                 daemon.drop_privileges(user)
             runtime = Runtime(state, opts, listen_sock, contexts, control_sock, report,
-                              inheritance, metrics_sock)
+                              inheritance, metrics_sock, worker)
             state.process = runtime
             return runtime.serve()
         finally:

@@ -25,7 +25,8 @@ OUT_OF_FDS = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
 _IN_PROGRESS = (errno.EINPROGRESS, errno.EALREADY, errno.EWOULDBLOCK)
 
 
-def bind(endpoint: Endpoint, socktype: int = socket.SOCK_STREAM, backlog: int = 0):
+def bind(endpoint: Endpoint, socktype: int = socket.SOCK_STREAM, backlog: int = 0,
+         reuseport: bool = False):
     """A listening socket (plain, not yet gevent's, non-blocking) for a listen address;
     UsageError naming the address if it cannot be had."""
     if endpoint.is_unix:
@@ -38,6 +39,8 @@ def bind(endpoint: Endpoint, socktype: int = socket.SOCK_STREAM, backlog: int = 
         resolve(endpoint, socktype, passive=True)
         sock = socket.socket(endpoint.family, socktype)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if reuseport:                             # a worker group's sockets share the port
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         if endpoint.family == socket.AF_INET6 and endpoint.host in (None, "::"):
             sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
         target = endpoint.sockaddr

@@ -196,6 +196,8 @@ class Connection:
 class State:
     """Settings (pen's defaults), servers, ACLs, clients and connections."""
 
+    connection = Connection       # what open_connection makes (a worker group's: board.py)
+
     def __init__(self) -> None:
         # selection
         self.hash = False
@@ -260,6 +262,8 @@ class State:
         self.config_servers: set[int] = set()   # the servers the -F file defines
         self.allow_exit = False
         self.udp = False
+        self.workers = 1                     # processes serving (-O "workers N"; start-up)
+        self.worker_table: list[dict] = []   # a group's parent: row, pid, restarts of each
         # live
         self.connections: dict[int, Connection] = {}
         self.counters: Counter[str] = Counter()   # events the I/O layer counts (udp_stray...)
@@ -275,24 +279,31 @@ class State:
         if index < 0 or index > 10000:
             raise ValueError(f"server number out of range: {index}")
         while len(self.servers) <= index:
-            self.servers.append(Server(len(self.servers)))
+            self.servers.append(self.new_server(len(self.servers)))
         return self.servers[index]
+
+    def new_server(self, index: int, endpoint: Endpoint | None = None) -> Server:
+        """An empty server slot (a worker group's State makes shared ones: board.py)."""
+        return Server(index, endpoint)
 
     def remove_server(self, index: int) -> None:
         """Empty slot index: no new client goes there; connections to it keep their Server
         and finish (pen's numbering stays: the other servers keep theirs)."""
         if 0 <= index < len(self.servers):
-            self.servers[index] = Server(index)
+            self.servers[index] = self.new_server(index)
 
     def blacklist(self, server: Server, now: float, seconds: float | None = None) -> None:
         server.blacklist_until = now + (self.blacklist_time if seconds is None else seconds)
 
     def server_failed(self, server: Server, why: str, now: float) -> None:
         """A server did not take a client (refused, timed out...): blacklist it, say so."""
-        server.failures += 1
+        self.count_failure(server)
         self.blacklist(server, now)
         log.warning("server %s (%s) %s; blacklisted for %ss", server.index, server.endpoint,
                     why, self.blacklist_time)
+
+    def count_failure(self, server: Server) -> None:
+        server.failures += 1
 
     def count(self, event: str) -> None:
         """An event worth a counter on the status page (udp_stray, tls_failures...)."""
@@ -307,7 +318,7 @@ class State:
         if slot in taken or slot >= self.conn_max:
             slot = self._next_free_slot(slot)
         self.last_slot = slot
-        conn = taken[slot] = Connection(slot, client)
+        conn = taken[slot] = self.connection(slot, client)
         self.accepted += 1
         return conn
 

@@ -94,7 +94,7 @@ def snapshot(state: State, now: float | None = None) -> dict:
         "events": dict(sorted(state.counters.items())),   # udp_refused, tls_failures...
         "accepted": state.accepted,
         "sessions": len(state.connections),       # (UDP: one connection per session)
-    }
+    } | ({"workers": state.worker_table} if state.worker_table else {})
 
 
 # --- HTML: pen's page, byte for byte in its layout, so that its scrapers keep working -----

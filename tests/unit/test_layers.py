@@ -14,10 +14,10 @@ PACKAGE = Path(__file__).resolve().parents[2] / "pen"
 # Highest first; a module imports only from its own layer or the layers below it.
 LAYERS = {
     "command line": {"__main__", "cli", "penctl", "setup_host", "service"},
-    "process": {"runtime", "daemon", "demo", "upgrade", "notify"},
+    "process": {"runtime", "daemon", "demo", "upgrade", "notify", "group", "member"},
     "input/output": {"balancer", "tcp", "tls", "udp", "dsr", "control", "relay",
                      "transparent", "sockets", "logs", "mmsg", "workers", "vrrp",
-                     "probes", "monitor", "metrics"},
+                     "probes", "monitor", "metrics", "board", "steering"},
     "pure core": {"__init__", "state", "select", "commands", "hooks", "acl", "addr", "http",
                   "status", "udptable", "dsr_frames", "dsr_slots", "tls_contexts", "errors",
                   "portable", "proxy_protocol", "geoip", "maglev", "evict", "health",

@@ -1,0 +1,246 @@
+"""-O "workers N": one pen over several processes, steered by client address, answering
+for the whole group (control port, status), supervising its workers. Linux only (the
+steering program is SO_ATTACH_REUSEPORT_CBPF)."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import signal
+import socket
+import threading
+
+import pytest
+from udp_peers import Responder, start_udp_pen
+
+from support import Backend, free_port, pattern, run_pen, wait_for
+
+pytestmark = pytest.mark.skipif(not hasattr(os, "memfd_create"), reason="Linux only")
+
+ADDRESSES = [f"127.0.{n // 200 + 3}.{n % 200 + 10}" for n in range(50)]
+
+
+def penctl(port: int, *words: str) -> str:
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall((" ".join(words) + "\n").encode())
+        data = b""
+        while chunk := sock.recv(65536):
+            data += chunk
+    return data.decode()
+
+
+def get(port: int, source: str, path: str = "/") -> dict:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10,
+                                      source_address=(source, 0))
+    try:
+        conn.request("GET", path, headers={"Connection": "close"})
+        body = conn.getresponse().read()
+        return json.loads(body) if path == "/" else {"body": body}
+    finally:
+        conn.close()
+
+
+def children(pid: int) -> list[int]:
+    with open(f"/proc/{pid}/task/{pid}/children") as f:
+        return [int(p) for p in f.read().split()]
+
+
+def workers_of(pen, count: int) -> list[int]:
+    return wait_for(lambda: len(children(pen.proc.pid)) == count and
+                    children(pen.proc.pid), what=f"{count} workers")
+
+
+@pytest.fixture
+def backends():
+    started = [Backend(f"s{i}") for i in range(3)]
+    yield started
+    for backend in started:
+        backend.stop()
+
+
+@pytest.fixture
+def group(start_pen, backends):
+    ctl = free_port()
+    pen, port = start_pen("-O", "workers 2", "-C", f"127.0.0.1:{ctl}", "-u", "root", "-X",
+                          servers=[b.spec for b in backends])
+    workers_of(pen, 2)
+    return pen, port, ctl
+
+
+def test_fifty_addresses_twenty_connections_each_always_one_server(group):
+    pen, port, ctl = group
+    seen: dict[str, set] = {a: set() for a in ADDRESSES}
+    for _ in range(20):
+        for address in ADDRESSES:
+            seen[address].add(get(port, address)["name"])
+    moved = {a: s for a, s in seen.items() if len(s) != 1}
+    assert not moved, f"addresses that reached several servers: {moved}"
+    status = json.loads(penctl(ctl, "status", "json"))
+    clients = [c for c in status["clients"] if c["address"] in seen]   # (not the probes')
+    assert len(clients) == 50 and all(c["connects"] == 20 for c in clients)
+    # both workers took clients: a client's slot in the group is its worker's slot * 2 + row
+    assert {c["slot"] % 2 for c in clients} == {0, 1}
+    assert sum(s["connects"] for s in status["servers"]) == status["accepted"] >= 1000
+    assert len({next(iter(s)) for s in seen.values()}) == 3      # and all servers used
+
+
+def test_udp_sessions_from_one_address_reach_one_server(start_pen):
+    responders = [Responder(lambda data, addr, n=n: f"u{n}".encode()) for n in range(2)]
+    try:
+        pen, port = start_udp_pen(start_pen, "-O", "workers 2",
+                                  servers=[f"127.0.0.1:{r.port}" for r in responders])
+        workers_of(pen, 2)
+        for address in ADDRESSES[:20]:
+            answers = set()
+            for _ in range(5):                 # five sessions: five source ports
+                with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+                    sock.bind((address, 0))
+                    sock.settimeout(5)
+                    sock.sendto(b"hello", ("127.0.0.1", port))
+                    answers.add(sock.recvfrom(100)[0])
+            assert len(answers) == 1, f"{address}: {answers}"
+    finally:
+        for responder in responders:
+            responder.stop()
+
+
+def test_servers_connection_and_close_answer_for_the_group(group):
+    pen, port, ctl = group
+    held = []
+    for address in ADDRESSES[:10]:              # ten clients held open, on both workers
+        sock = socket.create_connection(("127.0.0.1", port), source_address=(address, 0))
+        sock.sendall(b"GET /bytes/10 HTTP/1.1\r\nHost: x\r\n\r\n")
+        held.append(sock)
+    status = wait_for(lambda: (s := json.loads(penctl(ctl, "status", "json")))
+                      and len(s["connections"]) == 10 and s, what="10 connections")
+    assert sum(s["connections"] for s in status["servers"]) == 10
+    servers = penctl(ctl, "servers")
+    assert sum(int(line.split(" conn ")[1].split()[0]) for line in servers.splitlines()) == 10
+    ids = sorted(c["id"] for c in status["connections"])
+    assert {i % 2 for i in ids} == {0, 1}
+    victim = ids[-1]
+    client = next(c["client"] for c in status["connections"] if c["id"] == victim)
+    shown = penctl(ctl, "connection", str(victim))
+    assert shown.startswith(f"Connection {victim}:") and f"client address = {client}" in shown
+    assert penctl(ctl, "close", str(victim)) == f"Forcibly closing connection {victim}\n"
+    wait_for(lambda: len(json.loads(penctl(ctl, "status", "json"))["connections"]) == 9,
+             what="the closed connection to go")
+    for sock in held:
+        sock.close()
+
+
+def test_a_failure_one_worker_sees_blacklists_the_server_for_all(start_pen, backends):
+    dead = free_port()                           # nothing listens there
+    ctl = free_port()
+    pen, port = start_pen("-O", "workers 2", "-C", f"127.0.0.1:{ctl}", "-u", "root",
+                          "-b", "60", servers=[f"127.0.0.1:{dead}", backends[0].spec])
+    workers_of(pen, 2)
+    for address in ADDRESSES:                    # clients on both workers
+        assert get(port, address)["name"] == "s0"
+    status = json.loads(penctl(ctl, "status", "json"))
+    dead_server = status["servers"][0]
+    assert dead_server["state"] == "blacklisted"
+    assert dead_server["failures"] == 1, "each worker tried the dead server itself"
+
+
+def test_settings_reach_every_worker_and_errors_reach_none(group):
+    pen, port, ctl = group
+    assert penctl(ctl, "server", "0", "blacklist", "600") == ""
+    assert penctl(ctl, "server", "1", "blacklist", "600") == ""
+    names = {get(port, address)["name"] for address in ADDRESSES}
+    assert names == {"s2"}
+    assert penctl(ctl, "workers", "3").startswith("workers: set at start-up only")
+    assert penctl(ctl, "listen", "127.0.0.1:1").startswith("listen: a worker group cannot")
+    assert penctl(ctl, "workers") == "2\n"
+
+
+def test_a_killed_worker_comes_back_on_the_same_socket(group):
+    pen, port, ctl = group
+    before = {a: get(port, a)["name"] for a in ADDRESSES}
+    status = json.loads(penctl(ctl, "status", "json"))
+    row_of = {c["address"]: c["slot"] % 2 for c in status["clients"] if c["address"] in before}
+    victim = next(w["pid"] for w in status["workers"] if w["row"] == 0)
+    os.kill(victim, signal.SIGKILL)
+    wait_for(lambda: victim not in children(pen.proc.pid) and
+             len(children(pen.proc.pid)) == 2, what="a new worker")
+    assert f"worker 0 (pid {victim}) ended (killed by signal 9)" in pen.output()
+    after = {a: get(port, a)["name"] for a in ADDRESSES}
+    status = json.loads(penctl(ctl, "status", "json"))
+    # the same addresses reach the new worker 0 (same socket, same steering index)...
+    assert {c["address"]: c["slot"] % 2 for c in status["clients"]
+            if c["address"] in before} == row_of
+    assert status["workers"][0]["pid"] != victim and status["workers"][0]["restarts"] == 1
+    # ...and worker 1's clients kept their table entries, so their servers
+    survivors = [a for a in ADDRESSES if row_of[a] == 1]
+    assert survivors and all(after[a] == before[a] for a in survivors)
+
+
+def test_a_stuck_worker_is_killed_and_replaced(group):
+    pen, port, ctl = group
+    beating = wait_for(lambda: (s := json.loads(penctl(ctl, "status", "json"))["workers"])
+                       and all(w["heartbeat_age"] < 1 for w in s) and s, what="heartbeats")
+    victim = beating[1]["pid"]
+    os.kill(victim, signal.SIGSTOP)
+    wait_for(lambda: victim not in children(pen.proc.pid) and
+             len(children(pen.proc.pid)) == 2, timeout=20, what="the stuck worker replaced")
+    assert f"worker 1 (pid {victim}): no heartbeat for 3." in pen.output() in pen.output()
+    assert {get(port, a)["name"] for a in ADDRESSES} <= {"s0", "s1", "s2"}
+
+
+def test_sigterm_drains_every_worker(group):
+    pen, port, ctl = group
+    size = 4 << 20
+    got = {}
+
+    def download(address):
+        got[address] = get(port, address, f"/bytes/{size}")["body"]
+
+    threads = [threading.Thread(target=download, args=(a,)) for a in ADDRESSES[:6]]
+    for thread in threads:
+        thread.start()
+    wait_for(lambda: len(json.loads(penctl(ctl, "status", "json"))["connections"]) >= 1,
+             what="downloads in flight")
+    workers = children(pen.proc.pid)
+    pen.proc.send_signal(signal.SIGTERM)
+    for thread in threads:
+        thread.join(30)
+    assert all(got[a] == pattern(size) for a in ADDRESSES[:6])
+    assert pen.proc.wait(30) == 0
+    assert not any(os.path.exists(f"/proc/{w}") and
+                   open(f"/proc/{w}/stat").read().split()[2] != "Z" for w in workers)
+
+
+def test_sighup_rereads_the_file_in_every_worker(start_pen, backends, tmp_path):
+    config = tmp_path / "pen.cfg"
+    config.write_text(f"server 0 address 127.0.0.1 port {backends[0].port}\n")
+    pen, port = start_pen("-O", "workers 2", "-F", str(config), servers=[])
+    workers_of(pen, 2)
+    assert {get(port, a)["name"] for a in ADDRESSES} == {"s0"}
+    config.write_text(f"server 0 address 127.0.0.1 port {backends[1].port}\n")
+    pen.proc.send_signal(signal.SIGHUP)
+    wait_for(lambda: {get(port, a)["name"] for a in ADDRESSES} == {"s1"},
+             what="every worker to use the new server")
+
+
+@pytest.mark.parametrize("words, message", [
+    (["-O", "workers 0"], "workers: must be at least 1, got 0"),
+    (["-O", "workers 257"], "workers: at most 256, got 257"),
+    (["-O", "workers many"], "workers: expected a number, got 'many'"),
+    (["-O", "workers 2", "-O", "dsr_if lo"], "workers: DSR (dsr_if) cannot be split"),
+])
+def test_bad_worker_counts_and_modes_are_one_line(words, message):
+    done = run_pen(*words, f"127.0.0.1:{free_port()}", "127.0.0.1:1")
+    assert done.returncode == 1
+    assert done.stderr.count("\n") == 1 and message in done.stderr, done.stderr
+
+
+def test_workers_auto_is_the_cpus_this_process_may_use(start_pen, backends):
+    ctl = free_port()
+    pen, port = start_pen("-O", "workers auto", "-C", f"127.0.0.1:{ctl}", "-u", "root",
+                          servers=[backends[0].spec])
+    cpus = len(os.sched_getaffinity(0))
+    assert penctl(ctl, "workers") == f"{cpus}\n"
+    if cpus > 1:
+        workers_of(pen, cpus)
+    assert get(port, ADDRESSES[0])["name"] == "s0"
