@@ -403,6 +403,7 @@ def control(state: State, args: list) -> str:
 def recent(state: State, args: list) -> str:
     seconds = number(at_most(args, 1, "recent [S]")[0], "recent", integer=False) if args else 300
     since = time.time() - seconds
+    state.process.refresh()
     return "".join(f"{c.ip} connects {c.connects} sx {c.sx} rx {c.rx}\n"
                    for c in state.clients if c.last >= since)
 
@@ -419,6 +420,7 @@ def _slot(state: State, args: list, name: str) -> int | str:
 
 @command("connection")
 def connection(state: State, args: list) -> str:
+    state.process.refresh()
     n = _slot(state, args, "connection")
     if isinstance(n, str):
         return n
@@ -469,6 +471,7 @@ def status(state: State, args: list) -> str:
     fmt = at_most(args, 1, "status [html|json|prometheus]")[0] if args else "html"
     if fmt not in status_report.FORMATS:
         raise CommandError(f"status: unknown format {fmt!r} (html, json or prometheus)")
+    state.process.refresh()
     text = status_report.render(state, fmt)
     if fmt == "html":
         state.process.save_status(text)
@@ -479,6 +482,7 @@ def status(state: State, args: list) -> str:
 def metrics(state: State, args: list) -> str:
     """Prometheus text metrics (the same as `status prometheus`)."""
     at_most(args, 0, "metrics")
+    state.process.refresh()
     return status_report.render(state, "prometheus")
 
 

@@ -50,11 +50,10 @@ SUPERVISE = 0.1           # seconds between looks at the workers
 ASK = 5.0                 # seconds a worker gets to answer the parent
 GRACE = 15.0              # seconds the parent waits for draining workers after SIGTERM
 
-# commands answered from the parent's own State (with the board's server counts)
+# questions the parent answers alone: its State has the configuration, the board the
+# servers' counts, and refresh() gathers the workers' tables (status, recent, connection)
 PARENT = {"exit", "write", "pid", "control", "socket", "workers", "servers", "mode",
-          "health"}
-# commands whose answer needs the workers' connection and client tables
-GATHER = {"connection", "recent", "status", "metrics"}
+          "health", "connection", "recent", "status", "metrics"}
 
 
 def check(state: State, opts: Options) -> None:
@@ -232,13 +231,11 @@ class Group:
             return f"{e}\n"
         if name == "close" and len(words) == 2:
             return self.close(words[1])
-        if name in GATHER:
-            self.gather()
         try:
             reply = commands.execute(self.state, line)
         except CommandError as e:
             return f"{e}\n"                   # the workers are not asked
-        if name in PARENT or name in GATHER:
+        if name in PARENT:
             return reply
         for worker, answer in zip(self.workers,
                                   self.ask_all({"op": "run", "line": line}), strict=True):
@@ -257,6 +254,9 @@ class Group:
         worker = self.workers[n % len(self.workers)]
         self.ask(worker, {"op": "close", "slot": n // len(self.workers)})
         return f"Forcibly closing connection {n}\n"
+
+    def refresh(self) -> None:
+        self.gather()
 
     def gather(self) -> None:
         """The workers' connection and client tables into the parent's State, numbered

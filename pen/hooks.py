@@ -41,6 +41,10 @@ class ProcessHooks(Protocol):
     def check_now(self, server) -> None:
         """Check server at once (UDP silence asks); nothing without a check."""
 
+    def refresh(self) -> None:
+        """Before a report of the live tables (connections, clients, events): a worker
+        group's parent gathers its workers' (group.py); one process has them already."""
+
 
 class Offline:
     """The hooks of a State with no running balancer behind it."""
@@ -69,6 +73,9 @@ class Offline:
         pass                          # the checks start with the balancer
 
     def check_now(self, server) -> None:
+        pass
+
+    def refresh(self) -> None:
         pass
 
 

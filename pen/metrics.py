@@ -38,6 +38,8 @@ def respond(state: State, head: bytes) -> tuple[str, str, bytes, bool]:
     method, target = line[0], line[1].split(b"?", 1)[0]
     if method not in (b"GET", b"HEAD"):
         return "405 Method Not Allowed", "text/plain", b"GET or HEAD only\n", True
+    if target in (b"/metrics", b"/status.json"):
+        state.process.refresh()
     if target == b"/metrics":
         body = status.render(state, "prometheus").encode()
         kind = PROMETHEUS_TYPE

@@ -126,6 +126,9 @@ class Runtime:
         if self.member is None:
             self.monitor.check_now(server)
 
+    def refresh(self) -> None:
+        pass                       # one process: its tables are the balancer's
+
     def backend_tls(self):
         """The balancer's current ssl_backend context (it follows reloads), or None."""
         return getattr(getattr(self.balancer, "contexts", None), "backend", None)

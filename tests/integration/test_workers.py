@@ -244,3 +244,17 @@ def test_workers_auto_is_the_cpus_this_process_may_use(start_pen, backends):
     if cpus > 1:
         workers_of(pen, cpus)
     assert get(port, ADDRESSES[0])["name"] == "s0"
+
+
+def test_the_parents_health_checks_take_a_server_out_of_every_worker(group):
+    pen, port, ctl = group
+    assert penctl(ctl, "healthcheck_interval", "0.2") == ""
+    assert penctl(ctl, "server", "0", "healthcheck", "http", "GET", "/", "200", "nowhere") == ""
+    wait_for(lambda: " state down " in penctl(ctl, "health").splitlines()[0],
+             what="server 0 down")
+    assert {get(port, a)["name"] for a in ADDRESSES} == {"s1", "s2"}
+    metrics = penctl(ctl, "metrics").splitlines()
+    up = sorted(line.rsplit(" ", 1)[1] for line in metrics if line.startswith("pen_server_up{"))
+    assert up == ["0.0", "1.0", "1.0"], up
+    accepts = next(line for line in metrics if line.startswith("pen_accepts_total "))
+    assert float(accepts.split()[1]) >= len(ADDRESSES)          # the workers' sum
