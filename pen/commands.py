@@ -272,15 +272,15 @@ def workers(state: State, args: list) -> str:
     """workers [N|auto]: how many processes serve (group.py); set at start-up only."""
     if not at_most(args, 1, "workers [N|auto]"):
         return str(state.workers)
-    if state.process.running:
-        raise CommandError("workers: set at start-up only (-O \"workers N\"); restart pen")
     if args[0] == "auto":
-        state.workers = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") \
+        n = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") \
             else (os.cpu_count() or 1)
-        return ""
-    n = number(args[0], "workers", minimum=1)
-    if n > MAX_WORKERS:
-        raise CommandError(f"workers: at most {MAX_WORKERS}, got {args[0]}")
+    else:
+        n = number(args[0], "workers", minimum=1)
+        if n > MAX_WORKERS:
+            raise CommandError(f"workers: at most {MAX_WORKERS}, got {args[0]}")
+    if state.process.running and n != state.workers:   # (a -F file re-read: the same N)
+        raise CommandError("workers: set at start-up only (-O \"workers N\"); restart pen")
     state.workers = n
     return ""
 
@@ -555,6 +555,8 @@ def dump(state: State) -> str:
         lines.append(f"proxy_protocol {state.proxy_protocol}")
     if state.accept_proxy >= 0:
         lines.append(f"accept_proxy {state.accept_proxy}")
+    if state.workers != 1:
+        lines.append(f"workers {state.workers}")
     if state.upgrade_grace != 30:
         lines.append(f"upgrade_grace {show(state.upgrade_grace)}")
     lines += [f"web_stats {state.web_stats}" if state.web_stats else "no web_stats",

@@ -33,10 +33,10 @@ from gevent import subprocess as gsubprocess
 from gevent.event import Event
 
 from . import board as shared
-from . import commands, control, daemon, monitor, status, steering, tls_contexts
+from . import commands, control, daemon, monitor, status, steering, tls_contexts, upgrade
 from .errors import CommandError, UsageError
 from .logs import set_debug, setup_logging
-from .member import ENV, ChannelError, recv_frame, send_frame
+from .member import ENV, HEARTBEAT, ChannelError, recv_frame, send_frame
 from .notify import notify
 from .runtime import Options, check_transparent, socktype
 from .sockets import bind
@@ -110,25 +110,27 @@ class Group:
     running = True
 
     def __init__(self, state: State, opts: Options, socks: list, board, board_fd: int,
-                 control_sock=None, started=None) -> None:
+                 control_sock=None, started=None, inheritance=None, metrics_sock=None) -> None:
         self.state, self.opts = state, opts
         self.board, self.board_fd = board, board_fd
         self.workers = [Worker(row, sock) for row, sock in enumerate(socks)]
         self.started = started
+        self.inheritance = inheritance   # upgrade.Inheritance: tell the old copy we serve
+        self.upgrading = self.handed_off = False
         self.stopping = Event()
         self.control = None
         if control_sock is not None:
             self.control = control.ControlServer(gsocket.socket(fileno=control_sock.detach()),
                                                  state, answer=self.answer)
-        self.monitor = monitor.Monitor(state)          # health checks and metrics
+        self.monitor = monitor.Monitor(state, metrics_sock=metrics_sock)   # checks, metrics
         self.own = Counter(state.counters)
         state.count = self.count
 
     # workers ----------------------------------------------------------------------------
 
-    def spawn(self, worker: Worker) -> None:
+    def spawn(self, worker: Worker, clients: list = ()) -> None:
         """Start the worker's process (the group's command line, its socket, the board,
-        a channel); OSError if it cannot be started."""
+        a channel, and after an upgrade its clients); OSError if it cannot be started."""
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         fds = [worker.listen.fileno(), self.board_fd, theirs.fileno()]
         env = dict(os.environ, **{ENV: ",".join(map(str, [worker.row, len(self.workers),
@@ -146,7 +148,7 @@ class Group:
         worker.asking = gevent.lock.Semaphore()
         worker.started = time.monotonic()
         try:
-            send_frame(worker.channel, {"op": "configure",
+            send_frame(worker.channel, {"op": "configure", "clients": list(clients),
                                         "lines": commands.dump(self.state).splitlines()})
         except OSError as e:
             log.error("worker %d (pid %d): %s", worker.row, worker.pid, e)  # it died: seen
@@ -282,6 +284,7 @@ class Group:
             counters.update(snap["counters"])
             accepted += snap["accepted"]
         state.connections = dict(sorted(connections.items()))
+        clients.sort(key=lambda c: c.last)          # least recently used first, as a table
         state.clients = Snapshot(state.clients.slots, clients)
         state.counters = self.own + Counter(counters)
         state.accepted = accepted
@@ -335,9 +338,10 @@ class Group:
         gevent.signal_handler(signal.SIGHUP, self.reload)
         gevent.signal_handler(signal.SIGUSR1, self.report)
         gevent.signal_handler(signal.SIGUSR2, self.upgrade)
+        inherited = self.clients_by_row()
         for worker in self.workers:
             try:
-                self.spawn(worker)
+                self.spawn(worker, inherited[worker.row])
             except OSError as e:
                 for started in self.workers:
                     if started.process is not None:
@@ -349,23 +353,54 @@ class Group:
         supervisor = gevent.spawn(self.supervise)
         log.info("pen-lb listening on %s with %d workers, %d servers", self.state.listen,
                  len(self.workers), len(self.state.servers))
-        notify("READY=1")
+        if self.inheritance is not None:           # an upgrade: the old group may retire
+            self.await_heartbeats()
+            if self.opts.pidfile:
+                daemon.write_pidfile(self.opts.pidfile)
+            self.inheritance.ready()
+            notify(f"MAINPID={os.getpid()}", "READY=1")
+        else:
+            notify("READY=1")
         if self.started is not None:
             self.started()
         self.stopping.wait()
         supervisor.kill()
         return self.drain()
 
+    def clients_by_row(self) -> list[list]:
+        """The client table an upgrade handed over, split by the worker each client's
+        address is steered to."""
+        rows: list[list] = [[] for _ in self.workers]
+        for c in self.state.clients:
+            rows[steering.worker_for(str(c.ip), len(rows))].append(
+                [str(c.ip), c.server, c.last, c.connects, c.sx, c.rx])
+        return rows
+
+    def await_heartbeats(self) -> None:
+        """Until every worker has beaten once (it serves), at most STARTING seconds."""
+        deadline = time.monotonic() + STARTING
+        while time.monotonic() < deadline and not all(
+                self.board.header("heartbeat", w.row) > w.started for w in self.workers):
+            gevent.sleep(HEARTBEAT / 2)
+
     def drain(self) -> int:
-        notify("STOPPING=1")
+        """SIGTERM: every worker drains (GRACE); after an upgrade the old workers get
+        upgrade_grace, and the shared files stay for the new group."""
+        if not self.handed_off:
+            notify("STOPPING=1")
         if self.control is not None:
             self.control.close()
-            if self.state.control.is_unix:
+            if self.state.control.is_unix and not self.handed_off:
                 daemon.remove_file(self.state.control.path)
         self.monitor.stop()
         for worker in self.workers:
-            self.signal(worker, signal.SIGTERM)
-        deadline = time.monotonic() + GRACE
+            if self.handed_off:
+                self.ask(worker, {"op": "retire"})
+            else:
+                self.signal(worker, signal.SIGTERM)
+                worker.listen.close()          # new clients are refused, not left queued
+        grace = self.state.upgrade_grace if self.handed_off else GRACE
+        deadline = time.monotonic() + grace + 5
         for worker in self.workers:
             if worker.process is None:
                 continue
@@ -414,8 +449,39 @@ class Group:
             log.error("%s", e)
 
     def upgrade(self) -> None:
-        log.error("SIGUSR2: upgrading a worker group is not supported yet; restart pen "
-                  "(pid %d serves on)", os.getpid())
+        """SIGUSR2: start a new copy (its own group of workers) and hand it the group's
+        sockets, client tables and blacklist; once its workers serve, ours drain for
+        upgrade_grace seconds and exit (as a single pen does: runtime.Runtime.upgrade)."""
+        if self.upgrading:
+            log.warning("SIGUSR2: an upgrade is already in progress; ignored")
+            return
+        self.upgrading = True
+        gevent.spawn(self._upgrade)
+
+    def _upgrade(self) -> None:
+        state = self.state
+        self.gather()
+        sockets = {upgrade.group_name(state.listen, w.row): w.listen for w in self.workers}
+        if self.control is not None:
+            sockets[f"control {state.control}"] = self.control.socket
+        if self.monitor.metrics is not None:
+            sockets[f"metrics {self.monitor.metrics.endpoint}"] = self.monitor.metrics.socket
+        try:
+            process, pair = upgrade.start_successor(self.opts.argv, self.opts.cwd, sockets,
+                                                    state)
+            log.warning("SIGUSR2: started pid %d with the group's %d sockets and %d clients",
+                        process.pid, len(self.workers), len(state.clients))
+            upgrade.wait_ready(process, pair)
+        except upgrade.UpgradeError as e:
+            log.error("SIGUSR2: the new copy did not take over: %s; pid %d serves on", e,
+                      os.getpid())
+            self.upgrading = False
+            return
+        log.warning("SIGUSR2: pid %d serves; the %d workers of pid %d stop accepting and "
+                    "give their connections %gs to finish", process.pid, len(self.workers),
+                    os.getpid(), state.upgrade_grace)
+        self.handed_off = True
+        self.stopping.set()
 
 
 class Snapshot(list):
@@ -434,16 +500,19 @@ def run(state: State, opts: Options) -> int:
     """Start a worker group (state.workers > 1); a user's mistake is a UsageError."""
     for sig in (signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2):
         signal.signal(sig, signal.SIG_IGN)
-    setup_logging(state.debug, opts.foreground)
-    check(state, opts)
     report = None
+    inheritance = None
     try:
+        inheritance = upgrade.inherit()
+        setup_logging(state.debug, opts.foreground)
+        check(state, opts)
         user = daemon.lookup_user(opts.user) if opts.user else None
         if state.control is not None and os.geteuid() == 0 and user is None:
             raise UsageError(f"-C {state.control}: won't open a control port running as root; "
                              "use -u USER to drop privileges (-u root forces it)")
         try:
-            socks = bind_group(state, opts, state.workers)
+            socks = inheritance and inheritance.take_listeners(state.listen, state.workers)
+            socks = socks or bind_group(state, opts, state.workers)
         except steering.SteeringError as e:
             log.warning("workers: the kernel cannot steer clients to workers (%s); "
                         "serving with 1 worker", e.strerror)
@@ -453,29 +522,38 @@ def run(state: State, opts: Options) -> int:
             state.workers = 1
             return runtime.run(state, opts)
         check_transparent(state)
-        control_sock = None
+        control_sock = metrics_sock = None
         if state.control is not None:
-            control_sock = control.open_socket(state.control)
-            control.warn_if_exposed(state, state.control)
+            control_sock = inheritance and inheritance.take(f"control {state.control}")
+            if control_sock is None:
+                control_sock = control.open_socket(state.control)
+                control.warn_if_exposed(state, state.control)
         board, board_fd = shared.Board.create(state.workers)
         shared.share(state, board)
-        if not opts.foreground:
+        if inheritance is not None:
+            if state.health.metrics_port is not None:
+                metrics_sock = inheritance.take(f"metrics {state.health.metrics_port}")
+            inheritance.restore(state)        # the old group's clients and blacklist
+        elif not opts.foreground:
             report = daemon.daemonize()
             gevent.reinit()
         try:
-            if opts.pidfile:
+            if opts.pidfile and inheritance is None:   # a new copy writes it once it serves
                 daemon.write_pidfile(opts.pidfile)
             daemon.keep_removable(state.control.path if state.control else None)
             daemon.keep_removable(opts.pidfile)
             if user is not None:
                 gevent.get_hub()
                 daemon.drop_privileges(user)
-            group = Group(state, opts, socks, board, board_fd, control_sock, report)
+            group = Group(state, opts, socks, board, board_fd, control_sock, report,
+                          inheritance, metrics_sock)
             state.process = group
             return group.serve()
         finally:
             daemon.remove_pidfile(opts.pidfile)
-    except (UsageError, CommandError, daemon.DaemonError) as e:
+    except (UsageError, CommandError, daemon.DaemonError, upgrade.UpgradeError) as e:
         if report is not None:
             report(str(e))
+        if inheritance is not None:
+            inheritance.failed(str(e))
         raise UsageError(str(e)) from None

@@ -25,7 +25,7 @@ import gevent
 from gevent import socket as gsocket
 
 from . import board as shared
-from . import commands
+from . import commands, upgrade
 
 log = logging.getLogger("pen")
 
@@ -87,6 +87,7 @@ class Member:
         if not first or first.get("op") != "configure":
             raise ChannelError("the parent sent no configuration")
         commands.run_lines(state, first["lines"], "(the worker group's configuration)")
+        upgrade.restore_clients(state, first.get("clients", []))   # after an upgrade
 
     def start(self, runtime) -> None:
         """Serving: answer the parent, beat."""
@@ -120,6 +121,11 @@ class Member:
             return {"answer": commands.answer(state, request["line"])}
         if op == "snapshot":
             return snapshot(state)
+        if op == "retire":           # an upgrade: the new group serves; drain, then exit
+            runtime = self.runtime
+            runtime.grace, runtime.handed_off = state.upgrade_grace, True
+            runtime.shutdown()
+            return {"retiring": True}
         if op == "close":
             conn = state.connections.get(request["slot"])
             if conn is not None and conn.close:

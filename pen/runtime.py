@@ -329,7 +329,7 @@ def run(state: State, opts: Options) -> int:
         if state.udp:
             udp.check(state)
         listen_sock = worker.listen if worker else \
-            inheritance and inheritance.take(f"listen {state.listen}")
+            inheritance and (inheritance.take_listeners(state.listen, 1) or [None])[0]
         if listen_sock is None:
             listen_sock = (dsr.open_socket(state) if state.dsr_if
                            else bind(state.listen, socktype(state), backlog=opts.backlog))

@@ -114,15 +114,24 @@ class Inheritance:
             sock.setblocking(False)
         return sock
 
+    def take_listeners(self, listen, workers: int) -> list[socket.socket] | None:
+        """The listening sockets for `workers` processes (one: [the socket]); None if the
+        old copy handed none over; UpgradeError if it ran another number of workers (a
+        SO_REUSEPORT group cannot be grown or shrunk in place)."""
+        names = [group_name(listen, row) for row in range(workers)] if workers > 1 \
+            else [f"listen {listen}"]
+        had = [name for name in self.sockets if name == f"listen {listen}"
+               or name.startswith(f"listen {listen} #")]
+        if not had:
+            return None
+        if sorted(had) != sorted(names):
+            raise UpgradeError(f"upgrade: the running pen serves with {len(had)} worker(s) "
+                               f"and this one wants {workers}; restart pen to change that")
+        return [self.take(name) for name in names]
+
     def restore(self, state: State) -> None:
         """The old client table (a client keeps its server) and blacklist, into state."""
-        for ip, server, last, connects, sx, rx in self.document.get("clients", []):
-            try:
-                key = ipaddress.ip_address(ip)
-            except ValueError:
-                continue
-            entry = state.clients.touch(key, last)
-            entry.server, entry.connects, entry.sx, entry.rx = server, connects, sx, rx
+        restore_clients(state, self.document.get("clients", []))
         for index, address, until in self.document.get("blacklist", []):
             if index < len(state.servers) and str(state.servers[index].endpoint) == address:
                 state.servers[index].blacklist_until = until
@@ -145,6 +154,23 @@ class Inheritance:
             pass
         self.pair.close()
         self.pair = None
+
+
+def group_name(listen, row: int) -> str:
+    """The name a worker group's listening socket is handed over by."""
+    return f"listen {listen} #{row}"
+
+
+def restore_clients(state: State, clients: list) -> None:
+    """Client table rows [ip, server, last, connects, sx, rx] (as snapshot() writes them)
+    into state's table, least recently used first."""
+    for ip, server, last, connects, sx, rx in clients:
+        try:
+            key = ipaddress.ip_address(ip)
+        except ValueError:
+            continue
+        entry = state.clients.touch(key, last)
+        entry.server, entry.connects, entry.sx, entry.rx = server, connects, sx, rx
 
 
 def inherit() -> Inheritance | None:

@@ -9,12 +9,14 @@ import json
 import os
 import signal
 import socket
+import subprocess
+import sys
 import threading
 
 import pytest
 from udp_peers import Responder, start_udp_pen
 
-from support import Backend, free_port, pattern, run_pen, wait_for
+from support import ROOT, Backend, free_port, pattern, run_pen, wait_for
 
 pytestmark = pytest.mark.skipif(not hasattr(os, "memfd_create"), reason="Linux only")
 
@@ -258,3 +260,54 @@ def test_the_parents_health_checks_take_a_server_out_of_every_worker(group):
     assert up == ["0.0", "1.0", "1.0"], up
     accepts = next(line for line in metrics if line.startswith("pen_accepts_total "))
     assert float(accepts.split()[1]) >= len(ADDRESSES)          # the workers' sum
+
+
+def pen_upgrade(pidfile, *extra) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "pen", "--upgrade", "-p", str(pidfile), *extra],
+                          capture_output=True, text=True, timeout=90,
+                          env=dict(os.environ, PYTHONPATH=str(ROOT)))
+
+
+def test_an_upgrade_carries_the_group_its_clients_and_a_download_in_flight(
+        start_pen, backends, tmp_path):
+    pidfile, ctl = tmp_path / "pen.pid", free_port()
+    pen, port = start_pen("-O", "workers 2", "-p", str(pidfile), "-C", f"127.0.0.1:{ctl}",
+                          "-u", "root", servers=[b.spec for b in backends])
+    old_workers = workers_of(pen, 2)
+    before = {a: get(port, a)["name"] for a in ADDRESSES}
+    size, got = 8 << 20, {}
+    download = threading.Thread(target=lambda: got.update(
+        body=get(port, ADDRESSES[0], f"/bytes/{size}")["body"]))
+    download.start()
+    wait_for(lambda: json.loads(penctl(ctl, "status", "json"))["connections"],
+             what="the download in flight")
+    done = pen_upgrade(pidfile)
+    assert done.returncode == 0, done.stderr
+    new_pid = int(pidfile.read_text())
+    assert new_pid != pen.proc.pid
+    assert {a: get(port, a)["name"] for a in ADDRESSES} == before   # every client kept
+    assert penctl(ctl, "workers") == "2\n" and penctl(ctl, "pid") == f"{new_pid}\n"
+    download.join(60)
+    assert got["body"] == pattern(size)
+    assert pen.proc.wait(60) == 0                      # the old group drained and left
+    assert not any(os.path.exists(f"/proc/{w}") for w in old_workers)
+    os.kill(new_pid, signal.SIGTERM)
+    wait_for(lambda: not os.path.exists(f"/proc/{new_pid}"), timeout=30,
+             what="the new group to stop")
+
+
+def test_an_upgrade_that_changes_the_worker_count_is_refused_and_the_old_serves_on(
+        start_pen, backends, tmp_path):
+    pidfile, config = tmp_path / "pen.pid", tmp_path / "pen.cfg"
+    config.write_text("workers 2\n")
+    pen, port = start_pen("-F", str(config), "-p", str(pidfile),
+                          servers=[backends[0].spec])
+    workers_of(pen, 2)
+    config.write_text("workers 1\n")
+    done = pen_upgrade(pidfile, "-t", "10")
+    assert done.returncode == 1
+    assert f"pid {pen.proc.pid} serves on" in done.stderr
+    wait_for(lambda: "serves with 2 worker(s) and this one wants 1" in pen.output(),
+             what="the reason in the log")
+    assert get(port, ADDRESSES[0])["name"] == "s0"
+    assert int(pidfile.read_text()) == pen.proc.pid
