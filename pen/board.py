@@ -22,7 +22,7 @@ from .state import Connection, Server, State
 CAPACITY = 1024               # server slots a group shares; the emergency and abuse follow
 SUMMED = ("conn", "total", "sx", "rx", "failures", "dgrams_sx", "dgrams_rx")
 FIELDS = SUMMED + ("blacklist_until", "down", "ramp_start")
-HEADER = ("heartbeat", "pid", "accepted")
+HEADER = ("heartbeat", "pid", "accepted", "live")     # live: connections held now
 SLOTS = CAPACITY + 2
 ROW = len(HEADER) + SLOTS * len(FIELDS)
 _AT = {name: i for i, name in enumerate(FIELDS)}
@@ -99,6 +99,7 @@ class Board:
                     cells[theirs + i] = 0.0
             cells[theirs + conn] = 0.0
         cells[row * ROW + HEADER.index("heartbeat")] = 0.0
+        cells[row * ROW + HEADER.index("live")] = 0.0
 
     def close(self) -> None:
         self.cells.release()
@@ -165,9 +166,21 @@ class SharedState(State):
         if server.index >= 0:
             conn.entry.server = server.index
 
+    def open_connection(self, client):
+        conn = super().open_connection(client)
+        self.board.set_header("live", len(self.connections))
+        return conn
+
     def close_connection(self, conn) -> None:
-        if self.connections.pop(conn.id, None) is conn and conn.server is not None:
-            conn.server.add("conn", -1)
+        if self.connections.pop(conn.id, None) is conn:
+            self.board.set_header("live", len(self.connections))
+            if conn.server is not None:
+                conn.server.add("conn", -1)
+
+    def elsewhere(self) -> int:
+        board = self.board
+        return int(sum(board.header("live", row) for row in range(board.workers)
+                       if row != board.row))
 
     def count_failure(self, server) -> None:
         server.add("failures", 1)

@@ -347,6 +347,10 @@ class State:
                 return slot
         return max(taken) + 1         # more live than conn_max (it was lowered): above it
 
+    def elsewhere(self) -> int:
+        """Connections the other processes of a worker group hold (-x counts them too)."""
+        return 0
+
     def close_connection(self, conn: Connection) -> None:
         """The connection ended (once: a second call changes nothing)."""
         if self.connections.pop(conn.id, None) is conn and conn.server is not None:

@@ -66,7 +66,7 @@ class Listener:
 
     def full(self) -> bool:
         state = self.balancer.state
-        return len(state.connections) >= state.conn_max
+        return len(state.connections) + state.elsewhere() >= state.conn_max
 
     def resume(self) -> None:
         """Accept (again): at start and after a pause for fds."""

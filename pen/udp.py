@@ -355,7 +355,7 @@ class UdpBalancer:
         session.conn = conn = state.open_connection(client)
         conn.close = session.close
         state.track(conn, ip, session.server, time.time())
-        for old in self.table.add(key, session, state.conn_max):
+        for old in self.table.add(key, session, max(state.conn_max - state.elsewhere(), 1)):
             state.count("udp_evicted")
             old.close()
         if state.log is not None:

@@ -48,6 +48,15 @@ def children(pid: int) -> list[int]:
         return [int(p) for p in f.read().split()]
 
 
+def alive(pid: int) -> bool:
+    """A running process (not gone, not a zombie nobody reaped yet)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
 def workers_of(pen, count: int) -> list[int]:
     return wait_for(lambda: len(children(pen.proc.pid)) == count and
                     children(pen.proc.pid), what=f"{count} workers")
@@ -220,7 +229,7 @@ def test_sigterm_drains_every_worker(group):
         reader.join(30)
     assert len(bodies) == 6 and all(body == pattern(size) for body in bodies.values())
     assert pen.proc.wait(30) == 0
-    assert not any(os.path.exists(f"/proc/{w}") for w in workers)
+    assert not any(alive(w) for w in workers)
 
 
 def test_sighup_rereads_the_file_in_every_worker(start_pen, backends, tmp_path):
@@ -300,9 +309,9 @@ def test_an_upgrade_carries_the_group_its_clients_and_a_download_in_flight(
     download.join(60)
     assert got["body"] == pattern(size)
     assert pen.proc.wait(60) == 0                      # the old group drained and left
-    assert not any(os.path.exists(f"/proc/{w}") for w in old_workers)
+    assert not any(alive(w) for w in old_workers)
     os.kill(new_pid, signal.SIGTERM)
-    wait_for(lambda: not os.path.exists(f"/proc/{new_pid}"), timeout=30,
+    wait_for(lambda: not alive(new_pid), timeout=30,
              what="the new group to stop")
 
 
@@ -321,3 +330,46 @@ def test_an_upgrade_that_changes_the_worker_count_is_refused_and_the_old_serves_
              what="the reason in the log")
     assert get(port, ADDRESSES[0])["name"] == "s0"
     assert int(pidfile.read_text()) == pen.proc.pid
+
+
+def test_workers_drain_and_exit_when_the_parent_is_gone(group):
+    pen, port, ctl = group
+    workers = workers_of(pen, 2)
+    pen.proc.kill()
+    pen.proc.wait(10)
+    wait_for(lambda: not any(alive(w) for w in workers), timeout=20,
+             what="the orphaned workers to exit")
+
+
+def test_the_connection_limit_holds_for_the_group(start_pen, backends):
+    from pen.steering import worker_for
+    ctl = free_port()
+    pen, port = start_pen("-O", "workers 2", "-x", "4", "-C", f"127.0.0.1:{ctl}", "-u", "root",
+                          servers=[backends[0].spec])
+    workers_of(pen, 2)
+    on = {row: [a for a in ADDRESSES if worker_for(a, 2) == row] for row in (0, 1)}
+    held = []
+    for address in on[0][:4]:                   # four clients, one each, all on worker 0
+        sock = socket.create_connection(("127.0.0.1", port), source_address=(address, 0))
+        sock.sendall(b"GET /bytes/1 HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert sock.recv(1024).startswith(b"HTTP/1.1 200")
+        held.append(sock)
+    wait_for(lambda: len(json.loads(penctl(ctl, "status", "json"))["connections"]) == 4,
+             what="four connections")
+    refused = json.loads(penctl(ctl, "status", "json"))["events"].get("conn_refused_full", 0)
+    with socket.create_connection(("127.0.0.1", port), source_address=(on[1][0], 0)) as late:
+        late.settimeout(10)
+        try:
+            late.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+            answer = late.recv(1024)
+        except ConnectionResetError:
+            answer = b""                          # closed at once: refused
+        assert answer == b"", "worker 1 served a fifth connection past -x 4"
+    status = json.loads(penctl(ctl, "status", "json"))
+    assert status["events"].get("conn_refused_full") == refused + 1
+    held.pop().close()
+    wait_for(lambda: len(json.loads(penctl(ctl, "status", "json"))["connections"]) == 3,
+             what="a free place")
+    assert get(port, on[1][0])["name"] == "s0"
+    for sock in held:
+        sock.close()

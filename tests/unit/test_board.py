@@ -77,3 +77,13 @@ def test_more_servers_than_the_board_holds_is_refused_naming_the_number():
     _, (w0, _) = group()
     with pytest.raises(ValueError, match="1024"):
         w0.server(shared.CAPACITY)
+
+
+def test_the_connection_limit_counts_every_workers_connections():
+    parent, (w0, w1) = group()
+    for n in range(3):
+        w0.open_connection((f"10.0.0.{n}", 1))
+    conn = w1.open_connection(("10.0.1.1", 1))
+    assert (w0.elsewhere(), w1.elsewhere(), parent.elsewhere()) == (1, 3, 4)
+    w1.close_connection(conn)
+    assert w0.elsewhere() == 0
