@@ -36,6 +36,10 @@ class Balancer(Protocol):
         """`listen ADDR`: take clients there instead. UsageError if the address cannot be
         had, CommandError if the mode cannot move."""
 
+    def shed(self, count: int) -> None:
+        """Close count connections or sessions: a worker group's member holding more than
+        its -x allows now (board.SharedState.connection_limit)."""
+
 
 def create(state: State, sock, conn_log: ConnectionLog, contexts=None, *,
            max_accept: int = 100, backlog: int = 0) -> Balancer:

@@ -178,9 +178,17 @@ class SharedState(State):
                 conn.server.add("conn", -1)
 
     def elsewhere(self) -> int:
+        """Connections the other workers hold now."""
         board = self.board
         return int(sum(board.header("live", row) for row in range(board.workers)
                        if row != board.row))
+
+    def connection_limit(self) -> int:
+        """-x for the group: what the others leave free, but never less than this worker's
+        share (-x / N), so a flood steered to one worker cannot starve the others; a worker
+        over the limit that leaves gives connections back (member.py: shed)."""
+        share = -(-self.conn_max // self.board.workers)
+        return max(self.conn_max - self.elsewhere(), share)
 
     def count_failure(self, server) -> None:
         server.add("failures", 1)

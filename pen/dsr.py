@@ -292,6 +292,9 @@ class Forwarder:
     def listening_socket(self):
         return self.sock
 
+    def shed(self, count: int) -> None:
+        pass                    # DSR holds no connections (and never runs in a group)
+
     def close(self, drain: bool = False) -> None:
         for loop in self.loops:
             loop.kill(block=False)

@@ -97,10 +97,15 @@ class Member:
         gevent.spawn(self.beat)
 
     def beat(self) -> None:
-        board, state = self.board, self.runtime.state
+        """The heartbeat; and -x for the group: connections over this worker's limit
+        (another needs its share back) are given back."""
+        board, state, balancer = self.board, self.runtime.state, self.runtime.balancer
         while True:
             board.set_header("heartbeat", time.monotonic())
             board.set_header("accepted", state.accepted)
+            over = len(state.connections) - state.connection_limit()
+            if over > 0:
+                balancer.shed(over)
             gevent.sleep(HEARTBEAT)
 
     def listen_to_parent(self) -> None:

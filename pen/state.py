@@ -347,9 +347,9 @@ class State:
                 return slot
         return max(taken) + 1         # more live than conn_max (it was lowered): above it
 
-    def elsewhere(self) -> int:
-        """Connections the other processes of a worker group hold (-x counts them too)."""
-        return 0
+    def connection_limit(self) -> int:
+        """How many connections this process may hold: -x (a worker group's: board.py)."""
+        return self.conn_max
 
     def close_connection(self, conn: Connection) -> None:
         """The connection ended (once: a second call changes nothing)."""

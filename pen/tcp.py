@@ -66,7 +66,7 @@ class Listener:
 
     def full(self) -> bool:
         state = self.balancer.state
-        return len(state.connections) + state.elsewhere() >= state.conn_max
+        return len(state.connections) >= state.connection_limit()
 
     def resume(self) -> None:
         """Accept (again): at start and after a pause for fds."""
@@ -77,23 +77,10 @@ class Listener:
         """-x is full: close the longest-idle connection of the address holding the most,
         if it holds at least two more than the newcomer's address. False: no room.
         (Refusing costs a look at the per-address counts; only an eviction scans.)"""
-        balancer = self.balancer
-        state = balancer.state
-        addresses = evict.giving_way(balancer.holding, key)
-        gone = None
-        if addresses:
-            now, wall = time.monotonic(), time.time()
-            gone = evict.longest_idle(
-                (evict.Held(conn, _address_key(conn.client), _last_moved(conn, now, wall))
-                 for conn in state.connections.values() if conn.close is not None), addresses)
-        if gone is None:
-            state.counters["conn_refused_full"] += 1
-            return False
-        state.counters["conn_evicted_full"] += 1
-        log.debug("connection %d (%s) closed for a newcomer: -x is full", gone.key.id,
-                  gone.key.client)
-        gone.key.close()
-        return True
+        if self.balancer.evict(evict.giving_way(self.balancer.holding, key)):
+            return True
+        self.balancer.state.counters["conn_refused_full"] += 1
+        return False
 
     def accept(self) -> None:
         """A read callback on the listen socket: take up to max_accept clients, register
@@ -175,6 +162,30 @@ class TcpBalancer:
 
     def listening_socket(self):
         return self.listener.socket
+
+    def evict(self, addresses: set) -> bool:
+        """Close the longest-idle connection of these addresses (for a newcomer: -x is
+        full); False if they hold none."""
+        state = self.state
+        if not addresses:
+            return False
+        now, wall = time.monotonic(), time.time()
+        gone = evict.longest_idle(
+            (evict.Held(conn, _address_key(conn.client), _last_moved(conn, now, wall))
+             for conn in state.connections.values() if conn.close is not None), addresses)
+        if gone is None:
+            return False
+        state.counters["conn_evicted_full"] += 1
+        log.debug("connection %d (%s) closed: -x is full", gone.key.id, gone.key.client)
+        gone.key.close()
+        return True
+
+    def shed(self, count: int) -> None:
+        """Give back count connections (a worker group's member over its -x share): each
+        the longest-idle one of the address holding the most."""
+        for _ in range(count):
+            if not self.evict(evict.giving_way(self.holding, None, lead=0)):
+                return
 
     def relisten(self, endpoint) -> None:
         """`listen ADDR`: accept on the new address, then stop accepting on the old one."""

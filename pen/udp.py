@@ -355,7 +355,7 @@ class UdpBalancer:
         session.conn = conn = state.open_connection(client)
         conn.close = session.close
         state.track(conn, ip, session.server, time.time())
-        for old in self.table.add(key, session, max(state.conn_max - state.elsewhere(), 1)):
+        for old in self.table.add(key, session, state.connection_limit()):
             state.count("udp_evicted")
             old.close()
         if state.log is not None:
@@ -416,6 +416,13 @@ class UdpBalancer:
         self.sock = sock
         self.reader = gevent.get_hub().loop.io(sock.fileno(), 1)
         self.reader.start(self.receive)
+
+    def shed(self, count: int) -> None:
+        """Give back count sessions (a worker group's member over its -x share): the least
+        recently used."""
+        for session in self.table.sessions()[:count]:
+            self.state.count("udp_evicted")
+            session.close()
 
     def close_sessions(self) -> None:
         for session in self.table.sessions():

@@ -349,7 +349,7 @@ def test_the_connection_limit_holds_for_the_group(start_pen, backends):
     workers_of(pen, 2)
     on = {row: [a for a in ADDRESSES if worker_for(a, 2) == row] for row in (0, 1)}
     held = []
-    for address in on[0][:4]:                   # four clients, one each, all on worker 0
+    for address in on[0][:2] + on[1][:2]:       # four clients, two on each worker
         sock = socket.create_connection(("127.0.0.1", port), source_address=(address, 0))
         sock.sendall(b"GET /bytes/1 HTTP/1.1\r\nHost: x\r\n\r\n")
         assert sock.recv(1024).startswith(b"HTTP/1.1 200")
@@ -357,7 +357,7 @@ def test_the_connection_limit_holds_for_the_group(start_pen, backends):
     wait_for(lambda: len(json.loads(penctl(ctl, "status", "json"))["connections"]) == 4,
              what="four connections")
     refused = json.loads(penctl(ctl, "status", "json"))["events"].get("conn_refused_full", 0)
-    with socket.create_connection(("127.0.0.1", port), source_address=(on[1][0], 0)) as late:
+    with socket.create_connection(("127.0.0.1", port), source_address=(on[1][2], 0)) as late:
         late.settimeout(10)
         try:
             late.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
@@ -370,6 +370,36 @@ def test_the_connection_limit_holds_for_the_group(start_pen, backends):
     held.pop().close()
     wait_for(lambda: len(json.loads(penctl(ctl, "status", "json"))["connections"]) == 3,
              what="a free place")
-    assert get(port, on[1][0])["name"] == "s0"
+    assert get(port, on[1][2])["name"] == "s0"
     for sock in held:
+        sock.close()
+
+
+def test_a_flood_steered_to_one_worker_cannot_starve_the_other(start_pen, backends):
+    from pen.steering import worker_for
+    ctl = free_port()
+    pen, port = start_pen("-O", "workers 2", "-x", "10", "-C", f"127.0.0.1:{ctl}", "-u", "root",
+                          servers=[backends[0].spec])
+    workers_of(pen, 2)
+    on = {row: [a for a in ADDRESSES if worker_for(a, 2) == row] for row in (0, 1)}
+    flood = []
+    for address in on[0][:10]:                  # the whole -x, all on worker 0
+        sock = socket.create_connection(("127.0.0.1", port), source_address=(address, 0))
+        sock.sendall(b"GET /bytes/1 HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert sock.recv(1024).startswith(b"HTTP/1.1 200")
+        flood.append(sock)
+    wait_for(lambda: len(json.loads(penctl(ctl, "status", "json"))["connections"]) == 10,
+             what="the flood holding -x")
+    held = []
+    for address in on[1][:5]:                   # worker 1's share: -x / 2
+        sock = socket.create_connection(("127.0.0.1", port), source_address=(address, 0))
+        sock.sendall(b"GET /bytes/1 HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert sock.recv(1024).startswith(b"HTTP/1.1 200"), address
+        held.append(sock)
+    # worker 0 gives back what it holds beyond the group's limit, within a heartbeat or two
+    status = wait_for(lambda: (s := json.loads(penctl(ctl, "status", "json")))
+                      and len(s["connections"]) == 10 and s, what="-x restored")
+    assert sorted(c["id"] % 2 for c in status["connections"]) == [0] * 5 + [1] * 5
+    assert status["events"]["conn_evicted_full"] == 5
+    for sock in flood + held:
         sock.close()
