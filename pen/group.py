@@ -516,8 +516,9 @@ def run(state: State, opts: Options) -> int:
         except steering.SteeringError as e:
             log.warning("workers: the kernel cannot steer clients to workers (%s); "
                         "serving with 1 worker", e.strerror)
-            print(f"pen: workers: the kernel cannot steer clients ({e.strerror}); "
-                  "serving with 1 worker", file=sys.stderr)
+            if not opts.foreground:          # (the log is syslog's: say it here too)
+                print(f"pen: workers: the kernel cannot steer clients ({e.strerror}); "
+                      "serving with 1 worker", file=sys.stderr)
             from . import runtime
             state.workers = 1
             return runtime.run(state, opts)

@@ -12,9 +12,12 @@ so a worker that dies and comes back keeps its index.
 from __future__ import annotations
 
 import ctypes
+import errno
 import ipaddress
 import socket
 import struct
+
+from .portable import PORTABLE
 
 SO_ATTACH_REUSEPORT_CBPF = 51
 SKF_NET_OFF = -0x100000          # loads relative to the network header
@@ -69,7 +72,9 @@ class _Program(ctypes.Structure):
 
 def attach(sock: socket.socket, workers: int) -> None:
     """Attach the program to sock's SO_REUSEPORT group; SteeringError if the kernel
-    cannot (not Linux, or older than 4.5)."""
+    cannot (not Linux, or older than 4.5; or PEN_PORTABLE, which acts as such a system)."""
+    if PORTABLE:
+        raise SteeringError(errno.ENOPROTOOPT, "not with PEN_PORTABLE (as on *BSD)")
     code = program(workers)
     filters = (_Filter * len(code))(*[_Filter(*i) for i in code])
     fprog = _Program(len(code), ctypes.cast(filters, ctypes.POINTER(_Filter)))

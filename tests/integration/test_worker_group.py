@@ -62,6 +62,13 @@ def workers_of(pen, count: int) -> list[int]:
                     children(pen.proc.pid), what=f"{count} workers")
 
 
+@pytest.fixture(autouse=True)
+def steered(monkeypatch):
+    """These tests are about Linux's steering; the portable pass (PEN_PORTABLE=1) runs
+    them too, and test_without_steering_... its fallback."""
+    monkeypatch.setenv("PEN_PORTABLE", "0")
+
+
 @pytest.fixture
 def backends():
     started = [Backend(f"s{i}") for i in range(3)]
@@ -403,3 +410,16 @@ def test_a_flood_steered_to_one_worker_cannot_starve_the_other(start_pen, backen
     assert status["events"]["conn_evicted_full"] == 5
     for sock in flood + held:
         sock.close()
+
+
+def test_without_steering_pen_says_so_and_serves_with_one_worker(start_pen, backends,
+                                                                  monkeypatch):
+    monkeypatch.setenv("PEN_PORTABLE", "1")          # as on a system without CBPF steering
+    ctl = free_port()
+    pen, port = start_pen("-O", "workers 2", "-C", f"127.0.0.1:{ctl}", "-u", "root",
+                          servers=[backends[0].spec])
+    assert get(port, ADDRESSES[0])["name"] == "s0"
+    assert penctl(ctl, "workers") == "1\n"
+    assert children(pen.proc.pid) == []
+    assert "workers: the kernel cannot steer clients" in pen.output()
+    assert "serving with 1 worker" in pen.output()
