@@ -136,7 +136,11 @@ def parse(argv: list[str]) -> tuple[State, Options]:
             state.control = parse_listen(control)
         except AddressError as e:
             raise UsageError(f"-C {control}: {e}") from None
-    if state.config_file:                    # -F: after -O, as pen reads it
+    if state.config_file and member.ENV in os.environ:
+        # a worker: the parent read -F (perhaps before dropping privileges) and sends
+        # the running configuration; SIGHUP re-reads the file here too
+        state.config_servers = commands.defined_servers(state.config_file)
+    elif state.config_file:                  # -F: after -O, as pen reads it
         try:
             opts.answers += commands.load_config(state, state.config_file)
         except commands.CommandError as e:

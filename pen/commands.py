@@ -636,7 +636,7 @@ def load_config(state: State, path: str) -> str:
     """-F at start-up: run the file (its answers back) and remember the servers it
     defines, so that a reload of a file that no longer defines one removes it."""
     answers = run_file(state, path)
-    state.config_servers = _defined_servers(path)
+    state.config_servers = defined_servers(path)
     return answers
 
 
@@ -646,13 +646,13 @@ def reload_file(state: State, path: str) -> None:
     before and no longer does is removed (its slot emptied: connections to it finish)."""
     run_file(scratch_copy(state), path)
     run_file(state, path)
-    defined = _defined_servers(path)
+    defined = defined_servers(path)
     for index in sorted(state.config_servers - defined):
         state.remove_server(index)
     state.config_servers = defined
 
 
-def _defined_servers(path: str) -> set[int]:
+def defined_servers(path: str) -> set[int]:
     """The server numbers a config file's own `server N ...` lines name."""
     try:
         with open(path, encoding="utf-8", errors="replace") as f:
