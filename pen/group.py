@@ -33,12 +33,12 @@ from gevent import subprocess as gsubprocess
 from gevent.event import Event
 
 from . import board as shared
-from . import commands, control, daemon, monitor, status, steering, tls_contexts, upgrade
+from . import commands, control, daemon, monitor, steering, tls_contexts, upgrade
 from .errors import CommandError, UsageError
 from .logs import set_debug, setup_logging
 from .member import ENV, HEARTBEAT, ChannelError, recv_frame, send_frame
 from .notify import notify
-from .runtime import Options, check_transparent, socktype
+from .runtime import Options, check_transparent, report, socktype
 from .sockets import bind
 from .state import Client, Connection, State
 
@@ -438,15 +438,7 @@ class Group:
         notify("READY=1")
 
     def report(self) -> None:
-        self.gather()
-        if not self.state.web_stats:
-            for line in commands.answer(self.state, "servers").splitlines():
-                log.warning("%s", line)
-            return
-        try:
-            self.save_status(status.render(self.state, "html"))
-        except CommandError as e:
-            log.error("%s", e)
+        report(self.state)
 
     def upgrade(self) -> None:
         """SIGUSR2: start a new copy (its own group of workers) and hand it the group's
@@ -466,19 +458,12 @@ class Group:
             sockets[f"control {state.control}"] = self.control.socket
         if self.monitor.metrics is not None:
             sockets[f"metrics {self.monitor.metrics.endpoint}"] = self.monitor.metrics.socket
-        try:
-            process, pair = upgrade.start_successor(self.opts.argv, self.opts.cwd, sockets,
-                                                    state)
-            log.warning("SIGUSR2: started pid %d with the group's %d sockets and %d clients",
-                        process.pid, len(self.workers), len(state.clients))
-            upgrade.wait_ready(process, pair)
-        except upgrade.UpgradeError as e:
-            log.error("SIGUSR2: the new copy did not take over: %s; pid %d serves on", e,
-                      os.getpid())
+        new = upgrade.hand_over(self.opts.argv, self.opts.cwd, sockets, state)
+        if new is None:
             self.upgrading = False
             return
         log.warning("SIGUSR2: pid %d serves; the %d workers of pid %d stop accepting and "
-                    "give their connections %gs to finish", process.pid, len(self.workers),
+                    "give their connections %gs to finish", new, len(self.workers),
                     os.getpid(), state.upgrade_grace)
         self.handed_off = True
         self.stopping.set()

@@ -249,34 +249,32 @@ class Runtime:
             sockets[f"control {self.state.control}"] = self.control.socket
         if self.monitor.metrics is not None:
             sockets[f"metrics {self.monitor.metrics.endpoint}"] = self.monitor.metrics.socket
-        try:
-            process, pair = upgrade.start_successor(self.opts.argv, self.opts.cwd, sockets,
-                                                    self.state)
-            log.warning("SIGUSR2: started pid %d with the listening sockets and %d clients",
-                        process.pid, len(self.state.clients))
-            upgrade.wait_ready(process, pair)
-        except upgrade.UpgradeError as e:
-            log.error("SIGUSR2: the new copy did not take over: %s; pid %d serves on", e,
-                      os.getpid())
+        new = upgrade.hand_over(self.opts.argv, self.opts.cwd, sockets, self.state)
+        if new is None:
             self.upgrading = False
             return
         log.warning("SIGUSR2: pid %d serves; pid %d stops accepting and gives its %d "
-                    "connections %gs to finish", process.pid, os.getpid(),
+                    "connections %gs to finish", new, os.getpid(),
                     len(self.state.connections), self.state.upgrade_grace)
         self.handed_off = True
         self.grace = self.state.upgrade_grace
         self.stopping.set()
 
     def report(self) -> None:
-        """SIGUSR1: write the -w status page (or, without -w, log the servers)."""
-        if not self.state.web_stats:
-            for line in commands.answer(self.state, "servers").splitlines():
-                log.warning("%s", line)
-            return
-        try:
-            self.save_status(status.render(self.state, "html"))
-        except CommandError as e:
-            log.error("%s", e)
+        report(self.state)
+
+
+def report(state: State) -> None:
+    """SIGUSR1: write the -w status page (or, without -w, log the servers)."""
+    if not state.web_stats:
+        for line in commands.answer(state, "servers").splitlines():
+            log.warning("%s", line)
+        return
+    try:
+        state.process.refresh()
+        state.process.save_status(status.render(state, "html"))
+    except CommandError as e:
+        log.error("%s", e)
 
 
 def check_transparent(state: State) -> None:

@@ -97,6 +97,22 @@ def wait_ready(process, pair: socket.socket, timeout: float = TIMEOUT) -> None:
                        f"pid {process.pid} exited ({process.wait()}) before serving")
 
 
+def hand_over(argv: list[str], cwd: str, sockets: dict[str, socket.socket],
+              state: State) -> int | None:
+    """SIGUSR2's first half: start the new copy, hand it the sockets and the state, wait
+    until it serves; its pid, or None (logged: this copy serves on) if it did not."""
+    try:
+        process, pair = start_successor(argv, cwd, sockets, state)
+        log.warning("SIGUSR2: started pid %d with %d sockets and %d clients", process.pid,
+                    len(sockets), len(state.clients))
+        wait_ready(process, pair)
+    except UpgradeError as e:
+        log.error("SIGUSR2: the new copy did not take over: %s; pid %d serves on", e,
+                  os.getpid())
+        return None
+    return process.pid
+
+
 # --- the new process --------------------------------------------------------------------
 
 class Inheritance:

@@ -43,6 +43,14 @@ def get(port: int, source: str, path: str = "/") -> dict:
         conn.close()
 
 
+def hold(port: int, source: str) -> socket.socket:
+    """A keep-alive connection from source that has been answered once, left open."""
+    sock = socket.create_connection(("127.0.0.1", port), source_address=(source, 0))
+    sock.sendall(b"GET /bytes/1 HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert sock.recv(1024).startswith(b"HTTP/1.1 200"), source
+    return sock
+
+
 def children(pid: int) -> list[int]:
     with open(f"/proc/{pid}/task/{pid}/children") as f:
         return [int(p) for p in f.read().split()]
@@ -355,12 +363,7 @@ def test_the_connection_limit_holds_for_the_group(start_pen, backends):
                           servers=[backends[0].spec])
     workers_of(pen, 2)
     on = {row: [a for a in ADDRESSES if worker_for(a, 2) == row] for row in (0, 1)}
-    held = []
-    for address in on[0][:2] + on[1][:2]:       # four clients, two on each worker
-        sock = socket.create_connection(("127.0.0.1", port), source_address=(address, 0))
-        sock.sendall(b"GET /bytes/1 HTTP/1.1\r\nHost: x\r\n\r\n")
-        assert sock.recv(1024).startswith(b"HTTP/1.1 200")
-        held.append(sock)
+    held = [hold(port, a) for a in on[0][:2] + on[1][:2]]     # two on each worker
     wait_for(lambda: len(json.loads(penctl(ctl, "status", "json"))["connections"]) == 4,
              what="four connections")
     refused = json.loads(penctl(ctl, "status", "json"))["events"].get("conn_refused_full", 0)
@@ -389,20 +392,10 @@ def test_a_flood_steered_to_one_worker_cannot_starve_the_other(start_pen, backen
                           servers=[backends[0].spec])
     workers_of(pen, 2)
     on = {row: [a for a in ADDRESSES if worker_for(a, 2) == row] for row in (0, 1)}
-    flood = []
-    for address in on[0][:10]:                  # the whole -x, all on worker 0
-        sock = socket.create_connection(("127.0.0.1", port), source_address=(address, 0))
-        sock.sendall(b"GET /bytes/1 HTTP/1.1\r\nHost: x\r\n\r\n")
-        assert sock.recv(1024).startswith(b"HTTP/1.1 200")
-        flood.append(sock)
+    flood = [hold(port, a) for a in on[0][:10]]           # the whole -x, all on worker 0
     wait_for(lambda: len(json.loads(penctl(ctl, "status", "json"))["connections"]) == 10,
              what="the flood holding -x")
-    held = []
-    for address in on[1][:5]:                   # worker 1's share: -x / 2
-        sock = socket.create_connection(("127.0.0.1", port), source_address=(address, 0))
-        sock.sendall(b"GET /bytes/1 HTTP/1.1\r\nHost: x\r\n\r\n")
-        assert sock.recv(1024).startswith(b"HTTP/1.1 200"), address
-        held.append(sock)
+    held = [hold(port, a) for a in on[1][:5]]             # worker 1's share: -x / 2
     # worker 0 gives back what it holds beyond the group's limit, within a heartbeat or two
     status = wait_for(lambda: (s := json.loads(penctl(ctl, "status", "json")))
                       and len(s["connections"]) == 10 and s, what="-x restored")
