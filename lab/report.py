@@ -60,7 +60,8 @@ def chart(replies, events):
 # -- flow pictures -------------------------------------------------------------------
 
 CHAR_W, LINE_H, TITLE_H, PAD, V_GAP, MARGIN, LANE_GAP = 6.4, 15, 20, 8, 22, 16, 11
-ARROW_COLORS = {"tcp": "#1f77b4", "tls": "#2ca02c", "udp": "#ff7f0e", "reply": "#7f7f7f",
+MAX_WIDTH = 940
+ARROW_COLORS = {"tcp": "#1f77b4", "tls": "#2ca02c", "udp": "#ff7f0e", "reply": "#666",
                 "refused": "#d62728", "file": "#8c564b"}
 DASHES = {"udp": "7 4", "reply": "3 3", "refused": "5 3", "file": "1 3"}
 STROKE_WIDTHS = {"tls": 3}
@@ -166,8 +167,10 @@ def flow_chart(flow):
     legend_y = bottom + 30 + 20 * len(detours) + (20 if detours else 0)
     height = legend_y + 16
     width = max(width, 420) + MARGIN
-    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" class="flow" width="{width:.0f}" '
-             f'height="{height:.0f}" font-family="sans-serif" font-size="12">',
+    shown = min(width, MAX_WIDTH)  # a wider picture is scaled down to fit the page
+    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" class="flow" width="{shown:.0f}" '
+             f'height="{height * shown / width:.0f}" viewBox="0 0 {width:.0f} {height:.0f}" '
+             f'font-family="sans-serif" font-size="12">',
              f'<rect width="{width:.0f}" height="{height:.0f}" fill="white"/>',
              f'<text x="{MARGIN}" y="20" font-weight="bold">{html.escape(flow.caption)}</text>']
     for box in flow.boxes:
@@ -182,10 +185,10 @@ def flow_chart(flow):
             ty += LINE_H
             parts.append(f'<text x="{x + 8:.1f}" y="{ty - 3:.1f}" fill="#333">'
                          f'{html.escape(line)}</text>')
-        if box.saw:
+        if box.saw:  # a rule between what the box is and what it saw
+            parts.append(f'<line x1="{x + 6:.1f}" x2="{x + w - 6:.1f}" y1="{ty + 1:.1f}" '
+                         f'y2="{ty + 1:.1f}" stroke="#bbb"/>')
             ty += 4
-            parts.append(f'<line x1="{x + 6:.1f}" x2="{x + w - 6:.1f}" y1="{ty - 12:.1f}" '
-                         f'y2="{ty - 12:.1f}" stroke="#bbb"/>')
         for line in box.saw:
             ty += LINE_H
             parts.append(f'<text class="saw" x="{x + 8:.1f}" y="{ty - 3:.1f}" fill="#a0522d">'

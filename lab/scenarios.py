@@ -262,7 +262,7 @@ def control_acl(lab, story):
     here = "pen box" if lab.kind == "docker" else "host"
     flow.box("local", f"penctl on the {here}", 0, ["from 127.0.0.1"])
     flow.box(client, f"penctl on {client}", 0, [f"from {lab.client_address(client)}"])
-    first = (out.strip().splitlines() or ["(connection closed)"])[0][:40]
+    first = (out.strip().splitlines() or ["(connection closed)"])[0].rpartition(": ")[2][:40]
     flow.box("control", "pen's control port (-C)", 1, ["acl 9 permit 127.0.0.1", "control_acl 9"],
              saw=[f"127.0.0.1: allowed, {len(lines)} server lines",
                   f"{lab.client_address(client)}: refused"])
@@ -379,8 +379,8 @@ def tftp(lab, story):
     involved = [name for name in lab.servers if seen[name]]
     flow = pen_flow(lab, "-U: a TFTP get and put; the server answers from a new port",
                     [client], involved, lambda name: seen_lines(
-                        seen[name], lambda e: f"{e['op']} {e['file'][:24]} from {e['peer']}"))
-    flow.arrow(client, "pen", f"get {SAMPLE_NAME}, put {name[:20]}", style="udp")
+                        seen[name], lambda e: f"{e['op']} {e['file']}\nfrom {e['peer']}"))
+    flow.arrow(client, "pen", f"get {SAMPLE_NAME}\nput {name}", style="udp")
     flow.arrow("pen", client, f"{SAMPLE_NAME}: {SAMPLE_SIZE} bytes, byte-exact",
                style="reply")
     for server in involved:
@@ -479,11 +479,12 @@ def dsr_flow(lab, vip, got, seen, received, sent):
     involved = sorted({d.server for d in got.values()})
     flow = Flow("direct server return: the replies go from the servers to the clients, "
                 "not through pen")
-    for client in got:
-        flow.box(client, client, 0, [lab.client_address(client)])
+    for client, download in got.items():
+        flow.box(client, client, 0, [lab.client_address(client)],
+                 saw=[f"got {download.size} bytes", f"from {vip}, by {download.server}"])
     flow.box("pen", "pen (-O dsr_if)", 1, [f"answers ARP for the VIP {vip}",
                                           "accepts no connection"],
-             saw=[f"received {received} bytes", f"sent {sent} bytes"])
+             saw=[f"its box received {received} bytes", f"and sent {sent} bytes"])
     for server in involved:
         flow.box(server, server, 2, [lab.dsr_address(server), f"{vip} on lo"],
                  saw=seen_lines(seen[server], lambda e: f"peer {e['peer']}"))
@@ -492,8 +493,8 @@ def dsr_flow(lab, vip, got, seen, received, sent):
     for server in involved:
         flow.arrow("pen", server, "the same frames,\nnew MAC address")
     for client, download in got.items():
-        flow.arrow(download.server, client, f"from {vip}: {download.size} bytes, byte-exact",
-                   style="reply")
+        flow.arrow(download.server, client, f"{download.server} -> {client}: "
+                                            f"{download.size} bytes from {vip}", style="reply")
     return flow
 
 
