@@ -515,7 +515,7 @@ SCENARIOS = {s.name: s for s in [
     Scenario("dsr", "direct server return: servers answer the clients themselves", dsr),
 ]}
 
-TOUR = ["tracking", "failover-stop", "emergency", "xff", "control-acl", "smtp"]
+TOUR = ["tracking", "failover-stop", "emergency", "xff", "control-acl", "smtp", "dsr"]
 LOCAL_TOUR = ["tracking", "failover-kill", "emergency", "xff", "control-acl"]
 
 

@@ -16,8 +16,16 @@ C_PEN_TFTP = pytest.mark.xfail(
     reason="pen 0.34 relays only replies from the server's own port; TFTP answers from a new one")
 
 
+# scenarios drawn as boxes and arrows in the report (the others as request timelines)
+PICTURED = {"xff", "control-acl", "transparent", "tls", "dns", "tftp", "smtp", "dsr"}
+
+
 def play(name, lab):
-    run_scenario(name, lab, Story())
+    story = Story()
+    run_scenario(name, lab, story)
+    if name in PICTURED:
+        assert story.flows and all(n == name for n, _ in story.flows)
+    return story
 
 
 def test_tracking_sticks_clients_and_roundrobin_deals_requests(lab):
@@ -60,6 +68,18 @@ def test_tftp_get_and_put_byte_exact(lab):
 
 def test_smtp_into_maildir(lab):
     play("smtp", lab)
+
+
+def test_direct_server_return_replies_bypass_pen(lab):
+    """Byte-exact downloads through the VIP; the pen box carries requests and acks only."""
+    story = play("dsr", lab)
+    (_, flow), = story.flows
+    replies = [a for a in flow.arrows if a.style == "reply"]
+    assert replies and all(flow.find(a.src).column == 2 and flow.find(a.dst).column == 0
+                           for a in replies)          # server -> client, past pen
+    # the teardown put the lab back: pen reaches the servers on the server net again
+    assert lab.run("server1", "ip -o -4 addr show")[1].count(lab.dsr_vip) == 0
+    play("xff", lab)
 
 
 def test_down_removes_the_lab_and_nothing_else(lab):
