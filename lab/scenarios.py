@@ -438,7 +438,7 @@ def dsr(lab, story):
         ifname = lab.interface("penbox")
         start(lab, story, ["-O", f"dsr_if {ifname}"], [lab.dsr_address(s) for s in lab.servers],
               listen=f"{vip}:{lab.ports['http']}")
-        lab.wait_for(lambda: lab.download(lab.clients[0], 1, vip).server,
+        lab.wait_for(lambda: lab.download(lab.clients[0], 1, vip, timeout=3).server,
                      "pen to learn the servers' MACs and pass a request on", timeout=20)
         lab.clear_seen()
         before = lab.nic_bytes("penbox", ifname)
