@@ -49,14 +49,15 @@ def show_seen(lab, story, names, service="http"):
         story.show(f"{name}: {len(entries)} {service} request(s) from {', '.join(peers) or '-'}")
 
 
-def pen_flow(lab, caption, clients, servers, saw=lambda name: ()):
-    """The usual picture's boxes: clients, then pen, then servers with what each saw."""
+def pen_flow(lab, caption, clients, servers, saw=lambda name: (), source=None):
+    """The usual picture's boxes: clients, then pen, then servers with what each saw.
+    `source`: where pen connects to the servers from, when not its own address."""
     flow = Flow(caption)
     for client in clients:
         flow.box(client, client, 0, [lab.client_address(client)])
     pen_lines = [f"clients reach it at {lab.pen_address}"]
-    if lab.pen_server_side != lab.pen_address:
-        pen_lines.append(f"to servers from {lab.pen_server_side}")
+    if source or lab.pen_server_side != lab.pen_address:
+        pen_lines.append(f"to servers from {source or lab.pen_server_side}")
     flow.box("pen", "pen", 1, pen_lines)
     for server in servers:
         flow.box(server, server, 2, [lab.address(server)], saw=saw(server))
@@ -291,7 +292,8 @@ def transparent(lab, story):
     seen = {name: [e for e in lab.seen(name) if e["service"] == "http"] for name in lab.servers}
     flow = pen_flow(lab, "-O transparent: each server sees the client's own address",
                     lab.clients, lab.servers,
-                    lambda name: seen_lines(seen[name], lambda e: f"peer {e['peer']}"))
+                    lambda name: seen_lines(seen[name], lambda e: f"peer {e['peer']}"),
+                    source="each client's address")
     for client in lab.clients:
         flow.arrow(client, "pen", "GET /")
     for name, entries in seen.items():
