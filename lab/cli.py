@@ -104,7 +104,7 @@ def main(argv=None):
             print(f"\ndemo done in {time.monotonic() - began:.1f}s")
             if args.report:
                 from pen_lab import report
-                report.write(args.report, story.timelines)
+                report.write(args.report, story.timelines, flows=story.flows)
                 print(f"report written to {args.report}")
         else:
             docker_lab = docker_lab_module()
