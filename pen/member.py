@@ -120,7 +120,9 @@ class Member:
         log.warning("worker %d: the parent is gone; draining", self.row)
         self.runtime.shutdown()
 
-    def handle(self, request: dict) -> dict:
+    def handle(self, request) -> dict:
+        if not isinstance(request, dict):
+            return {"error": "a request is a JSON object"}
         state, op = self.runtime.state, request.get("op")
         if op == "run":
             return {"answer": commands.answer(state, request["line"])}
