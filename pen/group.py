@@ -11,9 +11,9 @@ whole balancer:
 - questions about connections and clients gather the workers' tables first (connection
   numbers are the worker's slot * N + its row; client slots likewise);
 - `close N` goes to the worker that holds connection N.
-It supervises: a worker that exits, or whose heartbeat stops, is started again on the same
-socket (so the same clients reach it) within a second; SIGTERM drains every worker, SIGHUP
-reaches every worker, SIGUSR1 writes the status page for the group.
+It supervises: a worker that exits, or whose heartbeat stops, is started again at once on
+the same socket (so the same clients reach it); SIGTERM drains every worker, SIGHUP reaches
+every worker, SIGUSR1 writes the status page for the group, SIGUSR2 upgrades the group.
 """
 
 from __future__ import annotations
@@ -123,8 +123,8 @@ class Group:
             self.control = control.ControlServer(gsocket.socket(fileno=control_sock.detach()),
                                                  state, answer=self.answer)
         self.monitor = monitor.Monitor(state, metrics_sock=metrics_sock)   # checks, metrics
-        self.own = Counter(state.counters)
-        state.count = self.count
+        self.own = Counter(state.counters)      # the parent's events; gather() adds the
+        state.count = self.count                # workers' to them in state.counters
 
     # workers ----------------------------------------------------------------------------
 
