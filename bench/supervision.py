@@ -83,6 +83,7 @@ def main():
                                                                           args.workers) == 0)
         serving, answering = [], []
         for _ in range(args.rounds):
+            time.sleep(1.5)          # a worker dying within 1 s of its start is backed off
             workers = json.loads(ask(ctl, "status json"))["workers"]
             while any(w["heartbeat_age"] > 1 for w in workers):
                 time.sleep(0.05)
