@@ -52,7 +52,7 @@ def chart(replies, events):
     return "\n".join(parts)
 
 
-def render(timelines, title="pen-lab demo"):
+def render(timelines, title="pen-lab demo", pictures=None):
     body = [f"<h1>{html.escape(title)}</h1>",
             "<p>Each dot is one client request, placed in the lane of the server that "
             "answered it (hover for details). Dashed red lines mark servers breaking and "
@@ -61,13 +61,17 @@ def render(timelines, title="pen-lab demo"):
         if not replies:
             continue
         body.append(f"<h2>{html.escape(name)}</h2>")
-        body.append(chart(replies, events))
+        if name in (pictures or {}):   # the HA scenarios: where the VIP was, the outage
+            from pen_lab.ha_picture import draw
+            body += [draw(run, events) for run in pictures[name]]
+        else:
+            body.append(chart(replies, events))
     return ("<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\">"
             f"<title>{html.escape(title)}</title>"
             "<style>body{font-family:sans-serif;margin:2em}svg{border:1px solid #eee}</style>"
             "</head><body>\n" + "\n".join(body) + "\n</body></html>\n")
 
 
-def write(path, timelines, title="pen-lab demo"):
+def write(path, timelines, title="pen-lab demo", pictures=None):
     with open(path, "w") as out:
-        out.write(render(timelines, title))
+        out.write(render(timelines, title, pictures))

@@ -8,6 +8,7 @@ class Story:
         self.out = out
         self.scenario = None
         self.timelines = []  # (scenario, replies, events) for the report
+        self.pictures = {}   # scenario -> what it measured for its own picture (HA: Runs)
 
     def begin(self, name, title):
         self.scenario = name

@@ -156,7 +156,9 @@ def render(vrrp: Vrrp) -> str:
     if not vrrp.preempt:
         lines.append("    nopreempt")
     if vrrp.peers:
-        lines += ["    unicast_peer {", *(f"        {peer}" for peer in vrrp.peers), "    }"]
+        # adverts from anyone else (a stray or forged one) are dropped, not obeyed
+        lines += ["    check_unicast_src",
+                  "    unicast_peer {", *(f"        {peer}" for peer in vrrp.peers), "    }"]
     lines += [
         "    virtual_ipaddress {",
         f"        {vip.with_prefixlen} dev {vrrp.interface}",

@@ -34,7 +34,7 @@ def test_instance_holds_the_vip_and_tracks_pen():
     assert "192.0.2.10/24 dev eth1" in inst
     assert inst[inst.index("track_script {") + 1] == "pen_alive"
     assert "nopreempt" not in inst and "version 3" not in inst
-    assert not any("unicast_peer" in line for line in inst)          # multicast by default
+    assert not any("unicast" in line for line in inst)               # multicast by default
     script = block(text, "vrrp_script pen_alive")
     assert 'script "/usr/bin/python3 -m pen.vrrp check 127.0.0.1:80"' in script
     assert {"interval 1", "fall 2", "rise 2"} <= set(script)
@@ -48,7 +48,8 @@ def test_options_reach_the_config():
                   "192.0.2.3"), check_port=10080, preempt=False, advert_int=2,
                   script_user="pen", python="/opt/pen/bin/python"))
     inst = block(text, "vrrp_instance pen_vip_7")
-    assert {"virtual_router_id 7", "priority 90", "advert_int 2", "nopreempt"} <= set(inst)
+    assert {"virtual_router_id 7", "priority 90", "advert_int 2", "nopreempt",
+            "check_unicast_src"} <= set(inst)
     peers = inst[inst.index("unicast_peer {") + 1:]
     assert peers[:3] == ["192.0.2.2", "192.0.2.3", "}"]
     assert "192.0.2.10/26 dev bond0" in inst

@@ -1,0 +1,279 @@
+"""The HA scenarios: a fault on the pen pair while a client asks the VIP 20 times a second.
+
+Each measures the outage (the longest time without an answer), prints it and fails when it
+exceeds the scenario's bound; each leaves the pair as it found it (HaLab.reset), also when
+it fails. Their runs (replies, where the VIP was, the gap) go to story.pictures for the
+report (ha_picture.py).
+"""
+
+import time
+
+from pen_lab.errors import LabError
+from pen_lab.ha import PRIORITIES, STICKY_SOURCES, VIP, outage
+from pen_lab.story import check
+
+MASTER, BACKUP = "penbox1", "penbox2"
+MAGLEV = ["-O", "maglev"]
+CALM = 2.5  # seconds of normal traffic before a fault, so the picture shows the before
+
+
+def needs_ha(lab):
+    if getattr(lab, "topology", None) != "ha":
+        raise LabError("this scenario needs the HA lab: `pen-lab down`, then "
+                       "`pen-lab up --topology ha` (or let `pen-lab scenario` bring it up)")
+
+
+def begin(lab, story):
+    """Pen (maglev, the same servers) on both boxes; penbox1 the master."""
+    needs_ha(lab)
+    story.say(f"two pen boxes share the VIP {VIP}: keepalived (set up by pen-setup vrrp,")
+    story.say(f"adverts every 0.2 s) gives it to the healthiest: {MASTER} (priority "
+              f"{PRIORITIES[MASTER]}), else {BACKUP} ({PRIORITIES[BACKUP]}).")
+    specs = [lab.server_spec(name) for name in lab.servers]
+    story.command(f"{MASTER}, {BACKUP}", lab.start_pen(MAGLEV, specs))
+    lab.wait_master(MASTER)
+    story.say(f"{MASTER} holds {VIP} and relays the clients' requests")
+
+
+def client_loop(lab, story, duration, sources=()):
+    client = lab.clients[0]
+    story.command(client, lab.start_probe(client, duration, sources=sources) + " &")
+    story.say(f"{client} asks the VIP 20 times a second for {duration:g} s, timing each answer")
+    return client, duration
+
+
+def finish(lab, story, loop, bound, title=None):
+    """Wait for the client loop; narrate, record and check its outage."""
+    client, duration = loop
+    run = lab.probe_result(client, duration)
+    run.spans = lab.vip_spans(run.start, run.end)
+    run.gap = outage([r.t for r in run.replies if r.server], run.start, run.end)
+    run.bound = bound
+    run.title = title
+    run.dead = {box: list(lab.dead[box]) for box in lab.penboxes}
+    story.timelines[-1][1].extend(run.replies)
+    story.pictures.setdefault(story.scenario, []).append(run)
+    failed = sum(1 for r in run.replies if r.server is None)
+    relayed = {box: run.by_box.count(box) for box in lab.penboxes}
+    story.say(f"{client}: {len(run.replies)} requests, {failed} failed; relayed by "
+              + ", ".join(f"{box} {count}" for box, count in relayed.items()))
+    gap, since, until = run.gap
+    story.say(f"outage: {gap:.2f} s without an answer ({since - run.start:.2f} s to "
+              f"{until - run.start:.2f} s into the loop); bound {bound:g} s")
+    check(gap < bound, f"outage {gap:.2f} s exceeds {bound:g} s")
+    return run
+
+
+def show_notify(lab, story, since, boxes=None):
+    story.say("pen-setup's notify hook logged (/var/log/pen-vrrp.log):")
+    lines = {}
+    for box in boxes or lab.living():
+        lines[box] = lab.notify_log(box, since)
+        story.show("\n".join(lines[box]) or f"{box}: (nothing)")
+    return lines
+
+
+def guarded(scenario):
+    """Run an HA scenario, then put the pair back as it was, whatever happened."""
+    def run(lab, story):
+        needs_ha(lab)
+        try:
+            scenario(lab, story)
+        finally:
+            lab.reset()
+    run.__doc__ = scenario.__doc__
+    return run
+
+
+# -- the scenarios -------------------------------------------------------------------
+
+@guarded
+def stop_pen(lab, story):
+    begin(lab, story)
+    since = time.time()
+    loop = client_loop(lab, story, 8)
+    time.sleep(CALM)
+    story.event(f"pen dies on {MASTER} (kill -9)")
+    story.command(MASTER, lab.kill_pen(MASTER))
+    story.say("the watcher (python3 -m pen.vrrp watch) sees pen's pidfd close and writes 1")
+    story.say("into keepalived's track file; keepalived enters FAULT at once, drops the VIP")
+    story.say(f"and sends a priority-0 advert: {BACKUP} takes over without waiting.")
+    lab.wait_master(BACKUP)
+    finish(lab, story, loop, 1.0)
+    logs = show_notify(lab, story, since)
+    check(any("FAULT" in line for line in logs[MASTER]), f"{MASTER} never logged FAULT")
+
+
+@guarded
+def kill_box(lab, story):
+    begin(lab, story)
+    loop = client_loop(lab, story, 8)
+    time.sleep(CALM)
+    story.event(f"docker kill {MASTER}")
+    lab.kill_box(MASTER)
+    story.command("docker", f"docker kill pen-lab-{MASTER}")
+    story.say(f"{BACKUP} hears no advert for 3 x 0.2 s plus its skew (0.12 s), takes the VIP")
+    story.say("and sends gratuitous ARP: the clients' next packets go to it.")
+    lab.wait_master(BACKUP)
+    finish(lab, story, loop, 1.0)
+
+
+@guarded
+def partition(lab, story):
+    begin(lab, story)
+    since = time.time()
+    loop = client_loop(lab, story, 12)
+    time.sleep(CALM)
+    ifname = lab.client_if(MASTER)
+    story.event(f"{MASTER} cut off the client network")
+    for rule in lab.iptables(MASTER, f"-i {ifname} -j DROP", f"-o {ifname} -j DROP"):
+        story.command(MASTER, rule)
+    story.say(f"{MASTER} still holds the VIP, on a wire nobody hears; {BACKUP} misses its")
+    story.say("adverts and takes the VIP over.")
+    lab.wait_for(lambda: lab.relayed_by(lab.clients[0]) == BACKUP,
+                 f"{BACKUP} to relay the clients", timeout=10)
+    time.sleep(2)
+    story.event(f"{MASTER} reconnected")
+    story.command(MASTER, lab.heal(MASTER))
+    story.say(f"each box hears the other again: {BACKUP} steps back, {MASTER} (higher priority,")
+    story.say("preempt) keeps the VIP and refreshes the clients' ARP caches.")
+    lab.wait_master(MASTER)
+    finish(lab, story, loop, 3.0)
+    show_notify(lab, story, since)
+
+
+@guarded
+def failback(lab, story):
+    begin(lab, story)
+    since = time.time()
+    story.say("preempt (pen-setup's default): a returning higher-priority box takes the VIP "
+              "back")
+    loop = client_loop(lab, story, 16)
+    time.sleep(CALM)
+    story.event(f"docker kill {MASTER}")
+    lab.kill_box(MASTER)
+    lab.wait_master(BACKUP)
+    time.sleep(1)
+    story.event(f"{MASTER} starts again")
+    lab.revive_box(MASTER)
+    story.say(f"{MASTER} is back: pen, the watcher and keepalived start again")
+    lab.wait_master(MASTER, timeout=20)
+    story.say(f"preempt: {MASTER} took the VIP back")
+    finish(lab, story, loop, 1.0, title="preempt")
+    show_notify(lab, story, since)
+
+    story.say("--nopreempt: the returning box stays backup until the master fails")
+    for box, command in lab.restart_keepalived(preempt=False):
+        story.command(box, command)
+    lab.wait_master(MASTER, timeout=20)
+    since = time.time()
+    loop = client_loop(lab, story, 14)
+    time.sleep(CALM)
+    story.event(f"docker kill {MASTER}")
+    lab.kill_box(MASTER)
+    lab.wait_master(BACKUP)
+    story.event(f"{MASTER} starts again")
+    lab.revive_box(MASTER)
+    lab.wait_for(lambda: any("BACKUP" in line for line in lab.notify_log(MASTER, time.time() - 1)
+                             [-1:]), f"{MASTER} to join as backup", timeout=20)
+    deadline = time.time() + 3
+    while time.time() < deadline:   # several adverts: it must not take the VIP
+        check(lab.holders() == [BACKUP], f"nopreempt: {MASTER} took the VIP back")
+        time.sleep(0.3)
+    story.say(f"nopreempt: {MASTER} is back as backup; {BACKUP} keeps the VIP")
+    finish(lab, story, loop, 1.0, title="nopreempt")
+    show_notify(lab, story, since)
+
+
+@guarded
+def split_brain(lab, story):
+    begin(lab, story)
+    since = time.time()
+    loop = client_loop(lab, story, 12)
+    time.sleep(CALM)
+    story.event("VRRP between the boxes dropped")
+    for box in lab.penboxes:
+        for rule in lab.iptables(box, "-p vrrp -j DROP"):
+            story.command(box, rule)
+    lab.wait_for(lambda: sorted(lab.holders()) == lab.penboxes, "both boxes to claim the VIP",
+                 timeout=10)
+    story.say("neither box hears the other: both are master and both hold the VIP:")
+    from pen_lab.ha_lab import status_lines
+    story.show("\n".join(status_lines(lab.engine)))
+    story.say("the clients follow the last gratuitous ARP; both pens pick the same server for")
+    story.say("a client (maglev), so nobody notices.")
+    time.sleep(2)
+    story.event("VRRP flows again")
+    for box in lab.penboxes:
+        story.command(box, lab.heal(box))
+    lab.wait_master(MASTER)
+    story.say(f"{MASTER} hears {BACKUP}'s lower-priority adverts: its hook logs the split "
+              f"brain; {BACKUP} steps back")
+    finish(lab, story, loop, 1.0)
+    logs = show_notify(lab, story, since)
+    check(any("SPLIT BRAIN" in line for line in logs[MASTER]),
+          f"{MASTER}'s notify hook did not log the split brain")
+    check(any("MASTER" in line for line in logs[BACKUP]), f"{BACKUP} never logged MASTER")
+
+
+@guarded
+def sticky(lab, story):
+    client = lab.clients[0]
+    story.say("20 client addresses; both pens run -O maglev with the same servers, so the box")
+    story.say("that takes over sends every client to the server it had.")
+    story.command(client, lab.add_sources(client, STICKY_SOURCES))
+    begin(lab, story)
+    loop = client_loop(lab, story, 10, sources=STICKY_SOURCES)
+    time.sleep(CALM + 0.5)
+    killed = time.time()
+    story.event(f"docker kill {MASTER}")
+    lab.kill_box(MASTER)
+    lab.wait_master(BACKUP)
+    run = finish(lab, story, loop, 1.0)
+    story.say("each client address and its server, before and after the kill:")
+    moved = []
+    for source in STICKY_SOURCES:
+        mine = [(r, box) for r, box in zip(run.replies, run.by_box, strict=True)
+                if r.client == source and r.server]
+        before = sorted({r.server for r, box in mine if r.t < killed and box == MASTER})
+        after = sorted({r.server for r, box in mine if r.t > killed and box == BACKUP})
+        story.show(f"{source:13} {'/'.join(before) or '-':8} -> {'/'.join(after) or '-'}")
+        check(before and after, f"{source}: no answers both before and after the kill")
+        if before != after or len(before) != 1:
+            moved.append(source)
+    check(not moved, f"clients changed server across the failover: {moved}")
+    servers = {r.server for r in run.replies if r.server}
+    story.say(f"all 20 kept their server; the clients are spread over {len(servers)} servers")
+
+
+def junk(lab, story):
+    needs_ha(lab)
+    try:
+        begin(lab, story)
+        loop = client_loop(lab, story, 8)
+        time.sleep(CALM)
+        sender = lab.clients[1]
+        story.event(f"{sender} sends junk VRRP")
+        shown, out = lab.send_vrrp_junk(sender)
+        story.command(sender, shown)
+        story.show(out)
+        story.say("garbage, truncated adverts and a forged priority-254 advert from a stranger:")
+        story.say("keepalived checks the source (check_unicast_src), the checksum and the size")
+        finish(lab, story, loop, 0.5)
+        check(lab.holders() == [MASTER], f"the junk moved the VIP: {lab.holders()}")
+        _, out = lab.run(MASTER, "grep -c -i -E 'invalid|bad|not.*peer|discard|unknown' "
+                                 "/var/log/keepalived.log", 5)
+        story.say(f"{MASTER}'s keepalived refused {out.strip() or '0'} packet(s) in its log")
+    finally:
+        lab.reset()
+
+
+SCENARIOS = [
+    ("ha-stop-pen", "HA: pen killed on the master; the VIP moves in < 1 s", stop_pen),
+    ("ha-kill-box", "HA: the master box killed (docker kill); < 1 s", kill_box),
+    ("ha-partition", "HA: the master cut off the client network; < 3 s", partition),
+    ("ha-failback", "HA: the master returns: preempt and nopreempt", failback),
+    ("ha-split-brain", "HA: the boxes cannot hear each other; both claim the VIP", split_brain),
+    ("ha-sticky", "HA: 20 clients keep their servers across a failover (maglev)", sticky),
+    ("ha-vrrp-junk", "HA: junk VRRP packets never affect serving", junk),
+]
