@@ -1,8 +1,12 @@
 """The running HA lab (see ha.py for the topology): pen, keepalived and faults in two boxes."""
 
 import calendar
+import io
 import shlex
+import tarfile
 import time
+
+import docker.errors
 
 from pen_lab.docker_lab import CONTROL_PORT, LABEL, NETWORKS, OURS, PEN_LOG, DockerLab
 from pen_lab.errors import LabError
@@ -71,7 +75,9 @@ class HaLab(DockerLab):
         watch = (f"python3 -m pen.vrrp watch {PEN_PID} --check 127.0.0.1:{CONTROL_PORT} "
                  f"--file /run/pen-vrrp/pen-running")
         keepalived = f"keepalived -n -l -D -f {KEEPALIVED_CONF}"
-        self._daemon(box, f"ip -ts -4 monitor address dev {client_if}", VIP_LOG, append=True)
+        # a box killed and started again keeps its files: stale pids would name others
+        self.run(box, "rm -f /run/keepalived.pid /run/vrrp.pid /run/checkers.pid", 5)
+        self._daemon(box, "ip -ts -4 monitor address", VIP_LOG, append=True)
         self._daemon(box, watch, "/var/log/pen-vrrp-watch.log")
         self._daemon(box, keepalived, KEEPALIVED_LOG)
         self.wait_for(lambda: self.run(box, "pgrep -x keepalived", 5)[0] == 0,
@@ -194,9 +200,10 @@ class HaLab(DockerLab):
         self.wait_for(lambda: self._running(box), f"{box} to start")
         began, _ = self.dead[box][-1]
         self.dead[box][-1] = (began, time.time())
+        self.run(box, f"rm -f {PEN_PID}", 5)
+        self.start_box_services(box)
         if self.started_pen:
             self._start_pen_on(box)
-        self.start_box_services(box)
 
     def iptables(self, box, *rules):
         """Add rules to the lab's own chain in a box (hooked into INPUT and OUTPUT)."""
@@ -271,13 +278,21 @@ class HaLab(DockerLab):
         return parse_probe(out, self.server_side, client)
 
     def vip_spans(self, start, end):
-        spans = {}
-        for box in self.penboxes:
-            code, out = self.run(box, f"cat {VIP_LOG}", 5) if self._running(box) else (1, "")
-            if code != 0:   # a dead box: docker cp-free, read it once it is back
-                out = ""
-            spans[box] = vip_spans(vip_events(out), start, end, self.dead[box])
-        return spans
+        return {box: vip_spans(vip_events(self.read_file(box, VIP_LOG)), start, end,
+                               self.dead[box]) for box in self.penboxes}
+
+    def read_file(self, box, path):
+        """A file in a box, running or not (a killed box's files are still there)."""
+        if self._running(box):
+            return self.run(box, f"cat {path} 2>/dev/null", 10)[1]
+        try:
+            stream, _ = self.boxes[box].get_archive(path)
+        except docker.errors.DockerException:
+            return ""
+        with tarfile.open(fileobj=io.BytesIO(b"".join(stream))) as tar:
+            member = tar.next()
+            data = tar.extractfile(member) if member else None
+            return data.read().decode(errors="replace") if data else ""
 
 
 def status_lines(engine):

@@ -97,12 +97,13 @@ def ensure_base(client, say, base=None):
         return image
     image = _image(client, BASE_TAG)
     if image is not None:
-        has = set((image.labels or {}).get(PACKAGES_LABEL, "").split(","))
-        missing = [p for p in BASE_PACKAGES if p not in has]
+        listed = (image.labels or {}).get(PACKAGES_LABEL)
+        missing = [p for p in BASE_PACKAGES if p not in (listed or "").split(",")]
         if not missing:
             say(f"base image: {BASE_TAG} (cached)")
             return image
-        say(f"base image: {BASE_TAG} lacks {', '.join(missing)}: building it again")
+        say(f"base image: {BASE_TAG} " + (f"lacks {', '.join(missing)}" if listed else
+                                           "does not list its packages") + ": building it again")
     image = _base_from_registry(client, say)
     return image if image is not None else _base_from_debootstrap(client, say)
 

@@ -388,7 +388,8 @@ def main(argv: list[str] | None = None) -> int:
         else:
             write(args.write, text)
             print(f"wrote {args.write}; start or reload keepalived to apply it")
-            if args.pid_file:
+            if args.pid_file:      # keepalived creates the track file, not its directory
+                os.makedirs(os.path.dirname(args.track_file), exist_ok=True)
                 print(f"and keep running beside it: {vrrp.python} -m pen.vrrp watch "
                       f"{args.pid_file} --check 127.0.0.1:{args.check_port} "
                       f"--file {args.track_file}")
