@@ -148,5 +148,6 @@ def parse_probe(text, boxes, client=None):
         sent.append(t_sent)
     if start is None:
         raise LabError(f"the client loop said nothing useful: {text[-300:]!r}")
-    end = max([start, *sent])
+    # the loop ends with its last send or answer: answers that came late still count
+    end = max([start, *sent, *(r.t for r in replies)])
     return Run(start, end, replies, sent, boxes)

@@ -217,9 +217,20 @@ class HaLab(DockerLab):
             raise LabError(f"iptables in {box}: {out.strip()}")
         return [f"iptables -A {CHAIN} {r}" for r in rules]
 
+    def cut_off(self, box):
+        """Pull the box's client-net cable: its link goes down (iptables would not stop
+        ARP, and the clients would keep finding the VIP at the box nobody hears)."""
+        command = f"ip link set {self.client_if(box)} down"
+        code, out = self.run(box, command + " 2>&1", 10)
+        if code != 0:
+            raise LabError(f"cannot cut {box} off: {out.strip()}")
+        return command
+
     def heal(self, box):
-        self.run(box, f"iptables -F {CHAIN} 2>/dev/null", 10)
-        return f"iptables -F {CHAIN}"
+        """Undo cut_off and iptables: the link up, the lab's chain empty."""
+        ifname = self.client_if(box)
+        self.run(box, f"ip link set {ifname} up; iptables -F {CHAIN} 2>/dev/null", 10)
+        return f"ip link set {ifname} up; iptables -F {CHAIN}"
 
     def reset(self):
         """Undo whatever a scenario did (also after a failure): both boxes up, no rules of
@@ -227,7 +238,8 @@ class HaLab(DockerLab):
         for box in self.penboxes:
             if not self._running(box):
                 self.revive_box(box)
-            self.run(box, f"iptables -F {CHAIN} 2>/dev/null; for hook in INPUT OUTPUT; do "
+            self.run(box, f"ip link set {self.client_if(box)} up; "
+                          f"iptables -F {CHAIN} 2>/dev/null; for hook in INPUT OUTPUT; do "
                           f"iptables -D $hook -j {CHAIN} 2>/dev/null; done; "
                           f"iptables -X {CHAIN} 2>/dev/null; true", 10)
         if not self.preempt:

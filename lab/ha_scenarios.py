@@ -7,6 +7,7 @@ report (ha_picture.py).
 """
 
 import time
+from collections import Counter
 
 from pen_lab.errors import LabError
 from pen_lab.ha import PRIORITIES, STICKY_SOURCES, VIP, outage
@@ -57,6 +58,9 @@ def finish(lab, story, loop, bound, title=None):
     relayed = {box: run.by_box.count(box) for box in lab.penboxes}
     story.say(f"{client}: {len(run.replies)} requests, {failed} failed; relayed by "
               + ", ".join(f"{box} {count}" for box, count in relayed.items()))
+    errors = Counter((r.error or "").split(":")[0] for r in run.replies if r.server is None)
+    if errors:
+        story.say("failed: " + ", ".join(f"{n} {what}" for what, n in errors.most_common()))
     gap, since, until = run.gap
     story.say(f"outage: {gap:.2f} s without an answer ({since - run.start:.2f} s to "
               f"{until - run.start:.2f} s into the loop); bound {bound:g} s")
@@ -124,19 +128,17 @@ def partition(lab, story):
     since = time.time()
     loop = client_loop(lab, story, 12)
     time.sleep(CALM)
-    ifname = lab.client_if(MASTER)
     story.event(f"{MASTER} cut off the client network")
-    for rule in lab.iptables(MASTER, f"-i {ifname} -j DROP", f"-o {ifname} -j DROP"):
-        story.command(MASTER, rule)
-    story.say(f"{MASTER} still holds the VIP, on a wire nobody hears; {BACKUP} misses its")
-    story.say("adverts and takes the VIP over.")
+    story.command(MASTER, lab.cut_off(MASTER))
+    story.say(f"{MASTER}'s cable is out: its keepalived sees the link go down and gives up the")
+    story.say(f"VIP; {BACKUP} misses its adverts (3 x 0.2 s plus skew) and takes it over.")
     lab.wait_for(lambda: lab.relayed_by(lab.clients[0]) == BACKUP,
                  f"{BACKUP} to relay the clients", timeout=10)
     time.sleep(2)
     story.event(f"{MASTER} reconnected")
     story.command(MASTER, lab.heal(MASTER))
-    story.say(f"each box hears the other again: {BACKUP} steps back, {MASTER} (higher priority,")
-    story.say("preempt) keeps the VIP and refreshes the clients' ARP caches.")
+    story.say(f"{MASTER} is back as backup, hears {BACKUP}'s lower priority and preempts: it")
+    story.say(f"takes the VIP back, {BACKUP} steps down.")
     lab.wait_master(MASTER)
     finish(lab, story, loop, 3.0)
     show_notify(lab, story, since)

@@ -68,7 +68,7 @@ def test_the_client_loops_output_becomes_a_run():
             '100.10 100.12 10.89.1.122 {"server": "server1", "peer": "10.89.2.9"}\n'
             'torn')
     run = ha.parse_probe(text, {"10.89.2.10": "penbox1", "10.89.2.9": "penbox2"}, "client1")
-    assert (run.start, run.end, run.sent) == (100.0, 100.1, [100.0, 100.05, 100.1])
+    assert (run.start, run.end, run.sent) == (100.0, 100.12, [100.0, 100.05, 100.1])
     assert [r.t for r in run.replies] == [100.01, 100.05, 100.12]
     assert run.by_box == ["penbox1", None, "penbox2"]
     assert [r.client for r in run.replies] == ["client1", "10.89.1.121", "10.89.1.122"]
