@@ -319,7 +319,7 @@ def status_lines(engine):
         notes = box.exec_run(["sh", "-c", f"tail -n 20 {NOTIFY_LOG} 2>/dev/null"]).output
         states = [ln.rsplit(" is ", 1)[1] for ln in notes.decode(errors="replace").splitlines()
                   if " is " in ln]
-        state = states[-1] if states else "no state yet"
+        state = states[-1].split(" (")[0] if states else "no state yet"
         lines.append(f"vrrp      {name:18} priority {PRIORITIES[name]}: {state}"
                      f"{f', holds the VIP {VIP}' if holds else ''}")
     holders = [line.split()[1] for line in lines if "holds the VIP" in line]

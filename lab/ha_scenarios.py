@@ -206,11 +206,11 @@ def split_brain(lab, story):
     story.say("a client (maglev), so nobody notices.")
     time.sleep(2)
     story.event("VRRP flows again")
-    for box in lab.penboxes:
+    for box in reversed(lab.penboxes):    # the backup's adverts get through first
         story.command(box, lab.heal(box))
     lab.wait_master(MASTER)
     story.say(f"{MASTER} hears {BACKUP}'s lower-priority adverts: its hook logs the split "
-              f"brain; {BACKUP} steps back")
+              f"brain; {BACKUP} hears {MASTER}'s and steps back")
     finish(lab, story, loop, 1.0)
     logs = show_notify(lab, story, since)
     check(any("SPLIT BRAIN" in line for line in logs[MASTER]),
