@@ -127,12 +127,14 @@ def main(argv=None):
             run_on_lab(args, [args.name], story)
         elif args.command == "demo":
             began = time.monotonic()
-            run_on_lab(args, LOCAL_TOUR if args.local else demo_tour(args), story)
-            print(f"\ndemo done in {time.monotonic() - began:.1f}s")
-            if args.report:
-                from pen_lab import report
-                report.write(args.report, story.timelines, pictures=story.pictures)
-                print(f"report written to {args.report}")
+            try:
+                run_on_lab(args, LOCAL_TOUR if args.local else demo_tour(args), story)
+                print(f"\ndemo done in {time.monotonic() - began:.1f}s")
+            finally:            # a failed tour's report shows what happened up to the failure
+                if args.report and story.timelines:
+                    from pen_lab import report
+                    report.write(args.report, story.timelines, pictures=story.pictures)
+                    print(f"report written to {args.report}")
         else:
             docker_lab = docker_lab_module()
             from pen_lab import images

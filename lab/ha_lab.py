@@ -217,6 +217,17 @@ class HaLab(DockerLab):
             raise LabError(f"iptables in {box}: {out.strip()}")
         return [f"iptables -A {CHAIN} {r}" for r in rules]
 
+    def unblock(self, box, rule):
+        command = f"iptables -D {CHAIN} {rule}"
+        code, out = self.run(box, command + " 2>&1", 10)
+        if code != 0:
+            raise LabError(f"iptables in {box}: {out.strip()}")
+        return command
+
+    def own_address(self, box):
+        """A pen box's own address on the client net (the VRRP peer address)."""
+        return net_address("client", penbox_host(int(box[-1])))
+
     def cut_off(self, box):
         """Pull the box's client-net cable: its link goes down (iptables would not stop
         ARP, and the clients would keep finding the VIP at the box nobody hears)."""

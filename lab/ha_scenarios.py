@@ -194,8 +194,10 @@ def split_brain(lab, story):
     loop = client_loop(lab, story, 12)
     time.sleep(CALM)
     story.event("VRRP between the boxes dropped")
-    for box in lab.penboxes:
-        for rule in lab.iptables(box, "-p vrrp -j DROP"):
+    peer = {MASTER: lab.own_address(BACKUP), BACKUP: lab.own_address(MASTER)}
+    for box in lab.penboxes:          # what comes from the other box, what goes to it
+        for rule in lab.iptables(box, f"-p vrrp -s {peer[box]} -j DROP",
+                                 f"-p vrrp -d {peer[box]} -j DROP"):
             story.command(box, rule)
     lab.wait_for(lambda: sorted(lab.holders()) == lab.penboxes, "both boxes to claim the VIP",
                  timeout=10)
@@ -205,12 +207,16 @@ def split_brain(lab, story):
     story.say("the clients follow the last gratuitous ARP; both pens pick the same server for")
     story.say("a client (maglev), so nobody notices.")
     time.sleep(2)
-    story.event("VRRP flows again")
-    for box in reversed(lab.penboxes):    # the backup's adverts get through first
+    story.event(f"VRRP flows again, {BACKUP} to {MASTER} first")
+    story.command(BACKUP, lab.unblock(BACKUP, f"-p vrrp -d {peer[BACKUP]} -j DROP"))
+    story.command(MASTER, lab.unblock(MASTER, f"-p vrrp -s {peer[MASTER]} -j DROP"))
+    lab.wait_for(lambda: any("SPLIT BRAIN" in line for line in lab.notify_log(MASTER, since)),
+                 f"{MASTER}'s hook to log the split brain", timeout=10)
+    story.say(f"{MASTER} hears a lower-priority master: its notify hook logs SPLIT BRAIN")
+    for box in lab.penboxes:
         story.command(box, lab.heal(box))
     lab.wait_master(MASTER)
-    story.say(f"{MASTER} hears {BACKUP}'s lower-priority adverts: its hook logs the split "
-              f"brain; {BACKUP} hears {MASTER}'s and steps back")
+    story.say(f"both ways again: {BACKUP} hears {MASTER}'s adverts and steps back")
     finish(lab, story, loop, 1.0)
     logs = show_notify(lab, story, since)
     check(any("SPLIT BRAIN" in line for line in logs[MASTER]),
