@@ -190,20 +190,26 @@ class HaLab(DockerLab):
 
     # -- faults ---------------------------------------------------------------------
     def kill_box(self, box):
+        self.dead[box].append((time.time(), float("inf")))   # docker kill may take a while
         self.boxes[box].kill()
-        self.dead[box].append((time.time(), float("inf")))
         self.wait_for(lambda: not self._running(box), f"{box} to die")
 
-    def revive_box(self, box):
-        """docker start, then pen, the watcher and keepalived again."""
+    def revive_box(self, box, with_pen=True):
+        """docker start, then the watcher, keepalived and (unless told not to) pen again."""
         self.boxes[box].start()
         self.wait_for(lambda: self._running(box), f"{box} to start")
         began, _ = self.dead[box][-1]
         self.dead[box][-1] = (began, time.time())
-        self.run(box, f"rm -f {PEN_PID}", 5)
+        # /run outlives a container's restart (not a real box's): no stale pid or state
+        self.run(box, f"rm -f {PEN_PID} /run/pen-vrrp/pen-running", 5)
         self.start_box_services(box)
-        if self.started_pen:
+        if self.started_pen and with_pen:
             self._start_pen_on(box)
+
+    def start_pen_on(self, box):
+        """Start the scenario's pen again in one box; returns its command line."""
+        self._start_pen_on(box)
+        return shown(self.started_pen)
 
     def iptables(self, box, *rules):
         """Add rules to the lab's own chain in a box (hooked into INPUT and OUTPUT)."""

@@ -148,43 +148,40 @@ def partition(lab, story):
 def failback(lab, story):
     begin(lab, story)
     since = time.time()
-    story.say("preempt (pen-setup's default): a returning higher-priority box takes the VIP "
-              "back")
-    loop = client_loop(lab, story, 16)
-    time.sleep(CALM)
-    story.event(f"docker kill {MASTER}")
-    lab.kill_box(MASTER)
-    lab.wait_master(BACKUP)
-    time.sleep(1)
-    story.event(f"{MASTER} starts again")
-    lab.revive_box(MASTER)
-    story.say(f"{MASTER} is back: pen, the watcher and keepalived start again")
-    lab.wait_master(MASTER, timeout=20)
-    story.say(f"preempt: {MASTER} took the VIP back")
-    finish(lab, story, loop, 1.0, title="preempt")
-    show_notify(lab, story, since)
-
-    story.say("--nopreempt: the returning box stays backup until the master fails")
-    for box, command in lab.restart_keepalived(preempt=False):
-        story.command(box, command)
-    lab.wait_master(MASTER, timeout=20)
-    since = time.time()
-    loop = client_loop(lab, story, 14)
-    time.sleep(CALM)
-    story.event(f"docker kill {MASTER}")
-    lab.kill_box(MASTER)
-    lab.wait_master(BACKUP)
-    story.event(f"{MASTER} starts again")
-    lab.revive_box(MASTER)
-    lab.wait_for(lambda: any("BACKUP" in line for line in lab.notify_log(MASTER, time.time() - 1)
-                             [-1:]), f"{MASTER} to join as backup", timeout=20)
-    deadline = time.time() + 3
-    while time.time() < deadline:   # several adverts: it must not take the VIP
-        check(lab.holders() == [BACKUP], f"nopreempt: {MASTER} took the VIP back")
-        time.sleep(0.3)
-    story.say(f"nopreempt: {MASTER} is back as backup; {BACKUP} keeps the VIP")
-    finish(lab, story, loop, 1.0, title="nopreempt")
-    show_notify(lab, story, since)
+    for preempt in (True, False):
+        if preempt:
+            story.say("preempt (pen-setup's default): a returning higher-priority box takes the "
+                      "VIP back")
+        else:
+            story.say("--nopreempt: the returning box stays backup until the master fails")
+            for box, command in lab.restart_keepalived(preempt=False):
+                story.command(box, command)
+            lab.wait_master(MASTER, timeout=20)
+            since = time.time()
+        lab.kill_box(MASTER)
+        story.command("docker", f"docker kill pen-lab-{MASTER}")
+        lab.wait_master(BACKUP)
+        lab.revive_box(MASTER, with_pen=False)
+        story.command("docker", f"docker start pen-lab-{MASTER}")
+        story.say(f"{MASTER} is back (keepalived and the watcher) but its pen is not: FAULT")
+        loop = client_loop(lab, story, 10)
+        time.sleep(CALM)
+        story.event(f"pen starts again on {MASTER}")
+        story.command(MASTER, lab.start_pen_on(MASTER))
+        if preempt:
+            lab.wait_master(MASTER, timeout=15)
+            story.say(f"preempt: {MASTER} is healthy again and takes the VIP back; {BACKUP} "
+                      "steps down")
+        else:
+            lab.wait_for(lambda: " is BACKUP" in (lab.notify_log(MASTER) or [""])[-1],
+                         f"{MASTER} to join as backup", timeout=15)
+            deadline = time.time() + 3
+            while time.time() < deadline:   # many adverts: it must not take the VIP
+                check(lab.holders() == [BACKUP], f"nopreempt: {MASTER} took the VIP back")
+                time.sleep(0.3)
+            story.say(f"nopreempt: {MASTER} is healthy and backup; {BACKUP} keeps the VIP")
+        finish(lab, story, loop, 1.0, title="preempt" if preempt else "nopreempt")
+        show_notify(lab, story, since)
 
 
 @guarded

@@ -208,11 +208,19 @@ def notify_line(now: float, args: list[str]) -> str:
 
 
 def notify(log: str, args: list[str]) -> int:
-    """Append a line to LOG (bounded: a full log moves to LOG.1); never fails keepalived."""
-    line = notify_line(time.time(), args)
+    """Append a line to LOG (bounded: a full log moves to LOG.1); never fails keepalived.
+    A split brain is logged once, not for each of the lower master's adverts."""
+    now = time.time()
+    line = notify_line(now, args)
     try:
         if os.path.getsize(log) > LOG_BOUND:
             os.replace(log, log + ".1")
+        if args[:1] == ["split-brain"]:
+            with open(log, "rb") as f:
+                f.seek(max(0, os.path.getsize(log) - 4096))
+                last = f.read().decode(errors="replace").splitlines()[-1:]
+            if last and "SPLIT BRAIN" in last[0] and " is " not in last[0]:
+                return 0    # the same split brain, still healing
     except OSError:
         pass
     try:

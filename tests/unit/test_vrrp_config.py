@@ -10,7 +10,7 @@ import pytest
 
 from pen import setup_host, vrrp
 from pen.vrrp import Vrrp, VrrpError, render
-from support import free_port, wait_for
+from support import can_connect, free_port, wait_for
 
 
 def block(text, header):
@@ -158,8 +158,12 @@ def test_notify_lines_name_the_state_and_the_split_brain(tmp_path):
     log = tmp_path / "pen-vrrp.log"
     assert vrrp.main(["notify", str(log), "INSTANCE", "v", "BACKUP", "100"]) == 0
     assert vrrp.main(["notify", str(log), "split-brain"]) == 0
-    assert [ln.split(" ", 2)[2] for ln in log.read_text().splitlines()][0] == \
-        "instance v is BACKUP (priority 100)"
+    assert vrrp.main(["notify", str(log), "split-brain"]) == 0     # every advert: one line
+    assert vrrp.main(["notify", str(log), "INSTANCE", "v", "MASTER", "100"]) == 0
+    assert vrrp.main(["notify", str(log), "split-brain"]) == 0     # a new one: logged
+    lines = [ln.split(" ", 2)[2] for ln in log.read_text().splitlines()]
+    assert lines[0] == "instance v is BACKUP (priority 100)" and len(lines) == 4
+    assert ["SPLIT BRAIN" in ln for ln in lines] == [False, True, False, True]
     assert vrrp.main(["notify", str(tmp_path / "no" / "dir.log"), "x"]) == 0  # never fails
 
 
@@ -170,6 +174,7 @@ def test_watch_writes_1_the_moment_pen_exits(tmp_path):
                             f"s.bind(('127.0.0.1', {port})); s.listen(); time.sleep(60)"])
     pid_file, track = tmp_path / "pen.pid", tmp_path / "run" / "pen-running"
     pid_file.write_text(f"{pen.pid}\n")
+    wait_for(lambda: can_connect("127.0.0.1", port), what="the stand-in to listen")
     watcher = threading.Thread(target=vrrp.watch, daemon=True,
                                args=(str(pid_file), f"127.0.0.1:{port}", str(track)),
                                kwargs={"poll": 0.05, "rounds": 2})
