@@ -88,7 +88,9 @@ def vip_spans(events, start, end, dead=()):
     """The spans of [start, end] during which a box held the VIP, from its events; `dead`:
     (from, to) spans when the box was down (a killed box logs no goodbye)."""
     spans, held_since = [], None
-    for t, held in sorted(events) + [(end, False)]:
+    # a killed box logs no goodbye: it held nothing from the kill on, until it says so again
+    events = sorted([*events, *((down_from, False) for down_from, _ in dead)])
+    for t, held in events + [(end, False)]:
         t = min(max(t, start), end)
         if held and held_since is None:
             held_since = t

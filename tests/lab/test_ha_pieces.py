@@ -53,12 +53,13 @@ def test_vip_events_and_spans_from_ip_monitor():
     events = ha.vip_events(MONITOR)
     assert events == [(pytest.approx(T0 + 0.25), True), (pytest.approx(T0 + 4.5), False)]
     assert ha.vip_spans(events, T0, T0 + 10) == [pytest.approx((T0 + 0.25, T0 + 4.5))]
-    # still held at the end; a box killed at +2 and back at +3 logs no goodbye
-    held = [(T0 + 1, True)]
-    assert ha.vip_spans(held, T0, T0 + 5, dead=[(T0 + 2, T0 + 3)]) == \
-        [pytest.approx((T0 + 1, T0 + 2)), pytest.approx((T0 + 3, T0 + 5))]
+    held = [(T0 + 1, True)]          # still held at the end
+    assert ha.vip_spans(held, T0, T0 + 5) == [pytest.approx((T0 + 1, T0 + 5))]
     assert ha.vip_spans(held, T0, T0 + 5, dead=[(T0 + 2, float("inf"))]) == \
         [pytest.approx((T0 + 1, T0 + 2))]
+    # killed while holding it, back at +3: holds nothing until its log says so (+4)
+    assert ha.vip_spans(held + [(T0 + 4, True)], T0, T0 + 5, dead=[(T0 + 2, T0 + 3)]) == \
+        [pytest.approx((T0 + 1, T0 + 2)), pytest.approx((T0 + 4, T0 + 5))]
 
 
 def test_the_client_loops_output_becomes_a_run():
