@@ -65,3 +65,20 @@ def test_a_failed_scenario_leaves_the_pair_as_it_was(ha_lab, monkeypatch):
 
 def fail(*args, **kwargs):
     raise AssertionError("made to fail")
+
+
+def test_down_removes_the_ha_lab_and_nothing_else(ha_lab):
+    """Runs last in this module: both pen boxes (killed and started again by the scenarios),
+    the clients with their extra addresses, the networks: all gone; a bystander stays."""
+    from pen_lab import docker_lab
+    engine = ha_lab.engine
+    bystander = engine.containers.create(ha_lab.boxes["penbox1"].image, ["true"],
+                                         name="pen-lab-test-ha-bystander", network_mode="none")
+    try:
+        docker_lab.down(engine, print)
+        assert engine.containers.list(all=True, filters=docker_lab.OURS) == []
+        assert engine.networks.list(filters={"label": docker_lab.LABEL}) == []
+        assert docker_lab.topology_of(engine) is None
+        assert engine.containers.get(bystander.id)
+    finally:
+        bystander.remove(force=True)
