@@ -133,7 +133,8 @@ def main(argv=None):
             finally:            # a failed tour's report shows what happened up to the failure
                 if args.report and story.timelines:
                     from pen_lab import report
-                    report.write(args.report, story.timelines, pictures=story.pictures)
+                    report.write(args.report, story.timelines, flows=story.flows,
+                                 ha_runs=story.ha_runs)
                     print(f"report written to {args.report}")
         else:
             docker_lab = docker_lab_module()

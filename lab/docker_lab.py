@@ -28,6 +28,17 @@ PENBOX_HOST = "10"
 PEN_PID = "/run/pen-lab-pen.pid"
 PEN_LOG = "/tmp/pen.log"
 SEEN = "/srv/lab/seen.jsonl"
+DSR_HOST = 50  # servers join the client net at .51+ for direct server return
+DSR_VIP_HOST = 100  # the dsr scenario's virtual IP on the client net
+
+
+@dataclass(frozen=True)
+class Download:
+    command: str
+    server: str | None  # who answered (X-Lab-Server); None when it failed
+    size: int
+    sha256: str
+    error: str | None
 
 
 @dataclass(frozen=True)
@@ -200,7 +211,9 @@ class DockerLab:
         self.emergency = "emergency"
         self.pen_address = net_address("client", PENBOX_HOST)
         self.pen_server_side = net_address("server", PENBOX_HOST)
+        self.dsr_vip = net_address("client", DSR_VIP_HOST)
         self.ports = {"http": 80, "https": 443, "dns": 53, "tftp": 69, "smtp": 25}
+        self._dsr_undo = []  # what dsr_setup changed, to put back
 
     # -- addresses -------------------------------------------------------------
     def address(self, name):
@@ -226,23 +239,28 @@ class DockerLab:
                       f"{name} to serve HTTP")
 
     # -- the balancer ----------------------------------------------------------
-    def start_pen(self, options, servers, service="http", emergency=None):
-        """Start pen in the pen box (stopping the previous one); return its command line."""
+    def start_pen(self, options, servers, service="http", emergency=None, listen=None):
+        """Start pen in the pen box (stopping the previous one); return its command line.
+        `listen` defaults to the service's port on every address (DSR: VIP:PORT)."""
         self.stop_pen()
         if emergency:
             options = [*options, "-e", emergency]
-        argv = pen_argv(self.pen, options, str(self.ports[service]), servers, as_root=True)
+        argv = pen_argv(self.pen, options, listen or str(self.ports[service]), servers,
+                        as_root=True)
         script = f"echo $$ > {PEN_PID}; exec {shlex.join(argv)} > {PEN_LOG} 2>&1"
         self.boxes["penbox"].exec_run(["sh", "-c", script], detach=True)
         udp = "-U" in options
-        probe = (f"ss -Hln{'u' if udp else 't'} 'sport = :{self.ports[service]}'; "
-                 f"ss -Hltn 'sport = :{CONTROL_PORT}'")
+        probe = f"ss -Hltn 'sport = :{CONTROL_PORT}'"
+        sockets = 1
+        if not any(option.startswith("dsr_if") for option in options):  # DSR listens on none
+            probe += f"; ss -Hln{'u' if udp else 't'} 'sport = :{self.ports[service]}'"
+            sockets = 2
 
         def ready():
             code, out = self.run("penbox", f"kill -0 $(cat {PEN_PID}) && {{ {probe}; }}", 5)
             if code != 0:
                 raise LabError(f"pen exited at start: {shown(argv)}\n{self.pen_log()}")
-            return len(out.strip().splitlines()) >= 2
+            return len(out.strip().splitlines()) >= sockets
 
         self.wait_for(ready, "pen to listen")
         return shown(argv)
@@ -399,3 +417,116 @@ class DockerLab:
         _, out = self.run(server, f"grep -l -r -F {shlex.quote('Subject: ' + subject)} "
                                   f"/srv/lab/maildir/new | head -n1 | xargs -r cat", 5)
         return out
+
+    # -- direct server return --------------------------------------------------
+    def interface(self, name, net="client"):
+        """The name of box `name`'s interface on a lab network (eth0, eth1...)."""
+        prefix = NETWORKS[net][1] + "."
+        _, out = self.run(name, "ip -o -4 addr show", 5)
+        for line in out.splitlines():
+            fields = line.split()
+            if len(fields) > 3 and fields[3].startswith(prefix):
+                return fields[1]
+        raise LabError(f"{name} has no interface on the {net} net")
+
+    def dsr_address(self, server):
+        """A server's address on the client net while DSR is set up (.51, .52...)."""
+        return net_address("client", DSR_HOST + self.servers.index(server) + 1)
+
+    def in_netns(self, name, command, sysctls=None):
+        """Run `command` in a throwaway container sharing box `name`'s network namespace,
+        with CAP_NET_ADMIN and `sysctls` applied: /proc/sys is read-only inside the lab's
+        containers, and clients lack the capability. Returns its output."""
+        box = self.boxes[name]
+        try:
+            out = self.engine.containers.run(
+                box.image.id, command, network_mode=f"container:{box.id}",
+                sysctls=sysctls or None, cap_add=["NET_ADMIN"], remove=True,
+                labels={LABEL: "1", f"{LABEL}.role": "helper", f"{LABEL}.name": f"{name}+"})
+        except docker.errors.DockerException as err:
+            raise LabError(f"cannot tune {name}'s network: {err}") from None
+        return out.decode(errors="replace")
+
+    def _sysctls(self, name, values):
+        """Set net.* sysctls in a box; return the previous values (to put back)."""
+        paths = " ".join("/proc/sys/" + key.replace(".", "/") for key in values)
+        _, out = self.run(name, f"cat {paths}", 5)
+        before = dict(zip(values, out.split(), strict=True))
+        self.in_netns(name, ["true"], sysctls=values)
+        return before
+
+    def dsr_setup(self, vip, penboxes=("penbox",)):
+        """Direct server return on the client net: the servers join it (.51+) with `vip` on
+        loopback, ARP for it left to pen (arp_ignore=1, arp_announce=2), and answer the
+        clients from it directly; the pen boxes stop forwarding IP (pen reads the frames);
+        the clients stop offloading transmit checksums (forwarded frames must carry finished
+        ones). Everything done is recorded for dsr_teardown(), which runs even when this
+        fails halfway. Returns (where, command) pairs to narrate."""
+        self.dsr_teardown()
+        done = self._dsr_undo = []
+        shown_steps = []
+        for box in penboxes:
+            before = self._sysctls(box, {"net.ipv4.ip_forward": "0"})
+            done.append(lambda box=box, before=before: self._sysctls(box, before))
+            shown_steps.append((box, "sysctl -w net.ipv4.ip_forward=0"))
+        for client in self.clients:
+            ifname = self.interface(client)
+            was = self.in_netns(client, ["python3", "-m", "pen_lab.nic", ifname, "off"])
+            if was.strip() == "on":
+                done.append(lambda c=client, i=ifname: self.in_netns(
+                    c, ["python3", "-m", "pen_lab.nic", i, "on"]))
+            shown_steps.append((client, f"ethtool -K {ifname} tx off"))
+        back_route = f"{NETWORKS['client'][1]}.0/24"
+        client_net = self.engine.networks.get(NETWORKS["client"][0])
+        for server in self.servers:
+            box, address = self.boxes[server], self.dsr_address(server)
+            # docker refuses an address whose prefix is already routed (via the pen box)
+            self.run(server, f"ip route del {back_route}", 5)
+            done.append(lambda s=server: self.run(
+                s, f"ip route replace {back_route} via {self.pen_server_side}", 5))
+            client_net.connect(box, ipv4_address=address)
+            done.append(lambda b=box: client_net.disconnect(b))
+            code, out = self.run(server, f"ip addr add {vip}/32 dev lo", 5)
+            if code != 0:
+                raise LabError(f"cannot put the VIP on {server}'s loopback: {out.strip()}")
+            done.append(lambda s=server: self.run(s, f"ip addr del {vip}/32 dev lo", 5))
+            before = self._sysctls(server, {"net.ipv4.conf.all.arp_ignore": "1",
+                                            "net.ipv4.conf.all.arp_announce": "2"})
+            done.append(lambda s=server, before=before: self._sysctls(s, before))
+            shown_steps += [("docker", f"docker network connect --ip {address} "
+                                       f"{client_net.name} {box.name}"),
+                            (server, f"ip addr add {vip}/32 dev lo"),
+                            (server, "sysctl -w net.ipv4.conf.all.arp_ignore=1 "
+                                     "net.ipv4.conf.all.arp_announce=2")]
+        return shown_steps
+
+    def dsr_teardown(self):
+        """Undo what dsr_setup did, newest first; idempotent."""
+        undo, self._dsr_undo = self._dsr_undo, []
+        for step in reversed(undo):
+            try:
+                step()
+            except (LabError, docker.errors.DockerException) as err:
+                self.say(f"dsr teardown: {err}")
+
+    def nic_bytes(self, name, ifname):
+        """(received, sent) bytes of a box's interface, from the kernel's counters."""
+        stats = f"/sys/class/net/{ifname}/statistics"
+        _, out = self.run(name, f"cat {stats}/rx_bytes {stats}/tx_bytes", 5)
+        received, sent = (int(n) for n in out.split())
+        return received, sent
+
+    def download(self, client, size, address=None, port=80, timeout=20):
+        """GET /blob/SIZE from a client: Download(command, server, bytes, sha256, error)."""
+        url = f"http://{address or self.pen_address}:{port}/blob/{size}"
+        curl = ["curl", "-sS", "-m", str(timeout), "-D", "/tmp/blob.head", "-o",
+                "/tmp/blob.bin", url]
+        script = (f"rm -f /tmp/blob.*; {shlex.join(curl)} 2>&1 | head -c 300; "
+                  f"echo; sed -n 's/^[Xx]-[Ll]ab-[Ss]erver: *//p' /tmp/blob.head; "
+                  f"wc -c < /tmp/blob.bin; sha256sum /tmp/blob.bin")
+        _, out = self.run(client, script, timeout + 10)
+        error, _, rest = out.partition("\n")
+        lines = [line.strip() for line in rest.splitlines()]
+        if error.strip() or len(lines) < 3:
+            return Download(shlex.join(curl), None, 0, "", error.strip() or out.strip())
+        return Download(shlex.join(curl), lines[0], int(lines[1]), lines[2].split()[0], None)

@@ -2,7 +2,7 @@
 
 Each measures the outage (the longest time without an answer), prints it and fails when it
 exceeds the scenario's bound; each leaves the pair as it found it (HaLab.reset), also when
-it fails. Their runs (replies, where the VIP was, the gap) go to story.pictures for the
+it fails. Their runs (replies, where the VIP was, the gap) go to story.ha_runs for the
 report (ha_picture.py).
 """
 
@@ -53,7 +53,7 @@ def finish(lab, story, loop, bound, title=None):
     run.title = title
     run.dead = {box: list(lab.dead[box]) for box in lab.penboxes}
     story.timelines[-1][1].extend(run.replies)
-    story.pictures.setdefault(story.scenario, []).append(run)
+    story.ha_runs.setdefault(story.scenario, []).append(run)
     failed = sum(1 for r in run.replies if r.server is None)
     relayed = {box: run.by_box.count(box) for box in lab.penboxes}
     story.say(f"{client}: {len(run.replies)} requests, {failed} failed; relayed by "

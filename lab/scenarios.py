@@ -10,7 +10,9 @@ from dataclasses import dataclass
 
 from pen_lab import ha_scenarios
 from pen_lab.errors import LabError
+from pen_lab.flow import Flow
 from pen_lab.replies import count_by_server, servers_of
+from pen_lab.sample import sample_bytes
 from pen_lab.story import check
 
 BLACKLIST = 3  # seconds: short, so a mended server comes back within the scenario
@@ -47,6 +49,34 @@ def show_seen(lab, story, names, service="http"):
         entries = [e for e in lab.seen(name) if e["service"] == service]
         peers = sorted({e["peer"] for e in entries})
         story.show(f"{name}: {len(entries)} {service} request(s) from {', '.join(peers) or '-'}")
+
+
+def pen_flow(lab, caption, clients, servers, saw=lambda name: (), source=None):
+    """The usual picture's boxes: clients, then pen, then servers with what each saw.
+    `source`: where pen connects to the servers from, when not its own address."""
+    flow = Flow(caption)
+    for client in clients:
+        flow.box(client, client, 0, [lab.client_address(client)])
+    pen_lines = [f"clients reach it at {lab.pen_address}"]
+    if source or lab.pen_server_side != lab.pen_address:
+        pen_lines.append(f"to servers from {source or lab.pen_server_side}")
+    flow.box("pen", "pen", 1, pen_lines)
+    for server in servers:
+        flow.box(server, server, 2, [lab.address(server)], saw=saw(server))
+    return flow
+
+
+def seen_lines(entries, describe):
+    """One line per distinct thing a server saw (describe(entry) -> text), with a count."""
+    counts = {}
+    for entry in entries:
+        text = describe(entry)
+        counts[text] = counts.get(text, 0) + 1
+    lines = []
+    for text, n in counts.items():
+        first, *rest = text.split("\n")
+        lines += [f"{first} (x{n})" if n > 1 else first, *rest]
+    return lines
 
 
 def all_answered(replies, what):
@@ -188,6 +218,7 @@ def xff(lab, story):
     all_answered(plain, "without -H")
     story.say(f"without -H: peer {plain[0].peer}, X-Forwarded-For {plain[0].xff}")
     check(plain[0].xff is None, "X-Forwarded-For present without -H")
+    story.picture(xff_flow(lab, "without -H: the server sees only pen", client, plain))
     start(lab, story, ["-r", "-H"], http_specs(lab))
     marked = lab.http(client, 2)
     all_answered(marked, "with -H")
@@ -195,6 +226,23 @@ def xff(lab, story):
     expected = lab.client_address(client)
     check(all(r.xff == expected for r in marked),
           f"X-Forwarded-For should be {expected}, got {[r.xff for r in marked]}")
+    story.picture(xff_flow(lab, "with -H: pen names the client in X-Forwarded-For", client,
+                           marked))
+
+
+def xff_flow(lab, caption, client, replies):
+    """What each answering server reported seeing: the TCP peer and the header."""
+    by_server = {}
+    for reply in replies:
+        by_server.setdefault(reply.server, []).append(reply)
+    flow = pen_flow(lab, caption, [client], by_server, lambda name: seen_lines(
+        by_server[name], lambda r: f"peer {r.peer}\nX-Forwarded-For {r.xff or '(none)'}"))
+    flow.arrow(client, "pen", f"GET / ({len(replies)}x)")
+    for name, got in by_server.items():
+        xff = {r.xff for r in got if r.xff}
+        header = f"\nX-Forwarded-For: {', '.join(sorted(xff))}" if xff else ""
+        flow.arrow("pen", name, f"GET /{header}")
+    return flow
 
 
 # -- control ACL ---------------------------------------------------------------------
@@ -213,6 +261,17 @@ def control_acl(lab, story):
     story.show(out)
     check(" addr " not in out, f"control port answered {client}: {out!r}")
     story.say(f"refused: {client} is not in acl 9")
+    flow = Flow("the control port answers the pen box itself and refuses a client")
+    here = "pen box" if lab.kind == "docker" else "host"
+    flow.box("local", f"penctl on the {here}", 0, ["from 127.0.0.1"])
+    flow.box(client, f"penctl on {client}", 0, [f"from {lab.client_address(client)}"])
+    first = (out.strip().splitlines() or ["(connection closed)"])[0].rpartition(": ")[2][:40]
+    flow.box("control", "pen's control port (-C)", 1, ["acl 9 permit 127.0.0.1", "control_acl 9"],
+             saw=[f"127.0.0.1: allowed, {len(lines)} server lines",
+                  f"{lab.client_address(client)}: refused"])
+    flow.arrow("local", "control", f"servers\n-> {len(lines)} server lines")
+    flow.arrow(client, "control", f"servers\n-> {first or '(nothing)'}", style="refused")
+    story.picture(flow)
 
 
 # -- docker-only scenarios -----------------------------------------------------------
@@ -232,6 +291,18 @@ def transparent(lab, story):
         check(all(r.peer == expected for r in replies),
               f"transparent: servers should see {expected}, saw {[r.peer for r in replies]}")
     show_seen(lab, story, lab.servers)
+    seen = {name: [e for e in lab.seen(name) if e["service"] == "http"] for name in lab.servers}
+    flow = pen_flow(lab, "-O transparent: each server sees the client's own address",
+                    lab.clients, lab.servers,
+                    lambda name: seen_lines(seen[name], lambda e: f"peer {e['peer']}"),
+                    source="each client's address")
+    for client in lab.clients:
+        flow.arrow(client, "pen", "GET /")
+    for name, entries in seen.items():
+        peers = sorted({e["peer"] for e in entries})
+        if peers:
+            flow.arrow("pen", name, "connects from\n" + ", ".join(peers))
+    story.picture(flow)
 
 
 def tls(lab, story):
@@ -245,6 +316,17 @@ def tls(lab, story):
     check(all(r.xff == lab.client_address(client) for r in replies), "X-Forwarded-For over TLS")
     check(all(r.proto == "https" for r in replies),
           f"X-Forwarded-Proto should be https, got {[r.proto for r in replies]}")
+    answered = sorted(set(servers_of(replies)))
+    flow = pen_flow(lab, "-E: TLS from the client to pen, plain HTTP from pen to the servers",
+                    [client], answered, lambda name: seen_lines(
+                        [r for r in replies if r.server == name],
+                        lambda r: f"peer {r.peer}\nX-Forwarded-For {r.xff}\n"
+                                  f"X-Forwarded-Proto {r.proto}"))
+    flow.arrow(client, "pen", f"TLS to :{lab.ports['https']} ({len(replies)}x)", style="tls")
+    for name in answered:
+        flow.arrow("pen", name, f"plain HTTP to :{lab.ports['http']}\n"
+                                f"+ X-Forwarded-Proto: https")
+    story.picture(flow)
 
 
 def dns(lab, story):
@@ -263,10 +345,22 @@ def dns(lab, story):
     story.show(out)
     check(out.strip() in [lab.address(s) for s in lab.servers], f"A answer: {out!r}")
     show_seen(lab, story, lab.servers, "dns")
+    seen = {name: [e for e in lab.seen(name) if e["service"] == "dns"] for name in lab.servers}
+    flow = pen_flow(lab, "-U: each query and its answer pass through pen", lab.clients,
+                    lab.servers, lambda name: seen_lines(
+                        seen[name], lambda e: f"query from {e['peer']}"))
+    for client, answer in zip(lab.clients, answers, strict=True):
+        flow.arrow(client, "pen", "TXT who.lab?", style="udp")
+        flow.arrow("pen", client, f'answer "{answer}"', style="reply")
+    for name, entries in seen.items():
+        if entries:
+            flow.arrow("pen", name, f"{len(entries)} query(ies)", style="udp")
+            flow.arrow(name, "pen", f"{len(entries)} answer(s)", style="reply")
+    story.picture(flow)
 
 
 def tftp(lab, story):
-    from pen_lab.tftpd import SAMPLE_NAME, sample_bytes
+    from pen_lab.tftpd import SAMPLE_NAME, SAMPLE_SIZE
     story.say("TFTP through pen -U: a get and a put, checked byte for byte. (A TFTP server")
     story.say("answers from a new port; the C pen 0.34 drops those replies.)")
     start(lab, story, ["-U", "-r"], [lab.server_spec(s, "tftp") for s in lab.servers],
@@ -275,7 +369,7 @@ def tftp(lab, story):
     shown, digest = lab.tftp_get(client, SAMPLE_NAME)
     story.command(client, shown)
     check(digest != hashlib.sha256(b"").hexdigest(), "tftp get: nothing arrived")
-    check(digest == hashlib.sha256(sample_bytes()).hexdigest(),
+    check(digest == hashlib.sha256(sample_bytes(SAMPLE_SIZE)).hexdigest(),
           f"tftp get: sha256 {digest!r} differs from the served file")
     story.say("get: byte-exact")
     shown, name, digest = lab.tftp_put(client)
@@ -285,11 +379,25 @@ def tftp(lab, story):
     check(len(holders) == 1 and stored[holders[0]] == digest,
           f"tftp put: expected one byte-exact copy, got {stored}")
     story.say(f"put: stored byte-exact on {holders[0]}")
+    seen = {name: [e for e in lab.seen(name) if e["service"] == "tftp"] for name in lab.servers}
+    involved = [name for name in lab.servers if seen[name]]
+    flow = pen_flow(lab, "-U: a TFTP get and put; the server answers from a new port",
+                    [client], involved, lambda name: seen_lines(
+                        seen[name], lambda e: f"{e['op']} {e['file']}\nfrom {e['peer']}"))
+    flow.arrow(client, "pen", f"get {SAMPLE_NAME}\nput {name}", style="udp")
+    flow.arrow("pen", client, f"{SAMPLE_NAME}: {SAMPLE_SIZE} bytes, byte-exact",
+               style="reply")
+    for server in involved:
+        ops = " + ".join(sorted({e["op"] for e in seen[server]}))
+        flow.arrow("pen", server, f"{ops} requests, blocks", style="udp")
+        flow.arrow(server, "pen", "data, acks\n(from its transfer port)", style="reply")
+    story.picture(flow)
 
 
 def smtp(lab, story):
     story.say("SMTP through pen: swaks sends mail; the server that took it files it in a maildir.")
     start(lab, story, ["-r"], [lab.server_spec(s, "smtp") for s in lab.servers], service="smtp")
+    filed = {}  # client -> (subject, server)
     for number, client in enumerate(lab.clients, 1):
         subject = f"lab mail {number} {time.time():.0f}"
         shown, code, out = lab.send_mail(client, subject)
@@ -301,6 +409,97 @@ def smtp(lab, story):
         check(len(holders) == 1, f"mail {subject!r} should be in one maildir: {holders}")
         check(f"X-Lab-Backend: {holders[0]}" in found[holders[0]], "maildir copy is marked")
         story.say(f"delivered into {holders[0]}'s maildir")
+        filed[client] = (subject, holders[0])
+    seen = {name: [e for e in lab.seen(name) if e["service"] == "smtp"] for name in lab.servers}
+    involved = sorted({server for _, server in filed.values()})
+    flow = pen_flow(lab, "each mail's path: client, pen, a server, that server's maildir",
+                    lab.clients, involved, lambda name: seen_lines(
+                        seen[name], lambda e: f"SMTP from {e['peer']}"))
+    for server in involved:
+        flow.box(f"{server}-maildir", f"{server}'s maildir", 3, ["/srv/lab/maildir/new"],
+                 saw=[f'"{s}"' for s, held in filed.values() if held == server])
+    for client, (_subject, server) in filed.items():
+        flow.arrow(client, "pen", "SMTP to :25")
+        flow.arrow("pen", server, f"{client}'s mail")
+        flow.arrow(server, f"{server}-maildir", "files it", style="file")
+    story.picture(flow)
+
+
+# -- direct server return --------------------------------------------------------------
+
+DSR_SIZE = 2_000_000  # bytes each client downloads
+
+
+def dsr(lab, story):
+    story.say('-O "dsr_if IF": pen accepts no connection. It answers ARP for the virtual IP,')
+    story.say("and passes each frame from a client on to a server (rewriting only the MAC")
+    story.say("addresses); the server holds the VIP on its loopback and answers the client")
+    story.say("directly. The servers join the client net; what the lab sets up first:")
+    vip = lab.dsr_vip
+    try:
+        for where, command in lab.dsr_setup(vip):
+            story.command(where, command)
+        ifname = lab.interface("penbox")
+        start(lab, story, ["-O", f"dsr_if {ifname}"], [lab.dsr_address(s) for s in lab.servers],
+              listen=f"{vip}:{lab.ports['http']}")
+        lab.wait_for(lambda: lab.download(lab.clients[0], 1, vip, timeout=3).server,
+                     "pen to learn the servers' MACs and pass a request on", timeout=20)
+        lab.clear_seen()
+        before = lab.nic_bytes("penbox", ifname)
+        story.say(f"each client downloads {DSR_SIZE} bytes from http://{vip}/:")
+        got = {}
+        for client in lab.clients:
+            download = lab.download(client, DSR_SIZE, vip)
+            story.command(client, download.command)
+            check(download.error is None, f"dsr: {client}'s download failed: {download.error}")
+            check(download.size == DSR_SIZE, f"dsr: {client} got {download.size} bytes")
+            check(download.sha256 == hashlib.sha256(sample_bytes(DSR_SIZE)).hexdigest(),
+                  f"dsr: {client}'s download is not byte-exact")
+            story.show(f"{download.size} bytes from {download.server}, sha256 matches")
+            got[client] = download
+        after = lab.nic_bytes("penbox", ifname)
+        received, sent = after[0] - before[0], after[1] - before[1]
+        total = sum(d.size for d in got.values())
+        story.say(f"the clients got {total} bytes; meanwhile the pen box's {ifname} received "
+                  f"{received} and sent {sent} bytes: the requests and acks, not the replies")
+        check(received < total / 4 and sent < total / 4,
+              f"dsr: the pen box carried {received}/{sent} bytes of {total}: "
+              f"replies went through it")
+        show_penctl(lab, story, "servers")
+        seen = {name: [e for e in lab.seen(name) if e["service"] == "http"]
+                for name in lab.servers}
+        show_seen(lab, story, lab.servers)
+        for client, download in got.items():
+            peers = {e["peer"] for e in seen[download.server]}
+            check(lab.client_address(client) in peers,
+                  f"dsr: {download.server} should see {client} itself, saw {sorted(peers)}")
+        story.picture(dsr_flow(lab, vip, got, seen, received, sent))
+    finally:
+        lab.stop_pen()
+        lab.dsr_teardown()
+
+
+def dsr_flow(lab, vip, got, seen, received, sent):
+    involved = sorted({d.server for d in got.values()})
+    flow = Flow("direct server return: the replies go from the servers to the clients, "
+                "not through pen")
+    for client, download in got.items():
+        flow.box(client, client, 0, [lab.client_address(client)],
+                 saw=[f"got {download.size} bytes", f"from {vip}, by {download.server}"])
+    flow.box("pen", "pen (-O dsr_if)", 1, [f"answers ARP for the VIP {vip}",
+                                          "accepts no connection"],
+             saw=[f"its box received {received} bytes", f"and sent {sent} bytes"])
+    for server in involved:
+        flow.box(server, server, 2, [lab.dsr_address(server), f"{vip} on lo"],
+                 saw=seen_lines(seen[server], lambda e: f"peer {e['peer']}"))
+    for client in got:
+        flow.arrow(client, "pen", f"to {vip}: SYN,\nrequest, acks")
+    for server in involved:
+        flow.arrow("pen", server, "the same frames,\nnew MAC address")
+    for client, download in got.items():
+        flow.arrow(download.server, client, f"{download.server} -> {client}: "
+                                            f"{download.size} bytes from {vip}", style="reply")
+    return flow
 
 
 SCENARIOS = {s.name: s for s in [
@@ -317,10 +516,11 @@ SCENARIOS = {s.name: s for s in [
     Scenario("dns", "DNS over UDP (-U)", dns),
     Scenario("tftp", "TFTP get and put over UDP (-U)", tftp),
     Scenario("smtp", "SMTP to a maildir", smtp),
+    Scenario("dsr", "direct server return: servers answer the clients themselves", dsr),
     *[Scenario(name, title, run, topology="ha") for name, title, run in ha_scenarios.SCENARIOS],
 ]}
 
-TOUR = ["tracking", "failover-stop", "emergency", "xff", "control-acl", "smtp"]
+TOUR = ["tracking", "failover-stop", "emergency", "xff", "control-acl", "smtp", "dsr"]
 LOCAL_TOUR = ["tracking", "failover-kill", "emergency", "xff", "control-acl"]
 HA_TOUR = [name for name, _, _ in ha_scenarios.SCENARIOS]
 

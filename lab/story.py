@@ -8,7 +8,8 @@ class Story:
         self.out = out
         self.scenario = None
         self.timelines = []  # (scenario, replies, events) for the report
-        self.pictures = {}   # scenario -> what it measured for its own picture (HA: Runs)
+        self.flows = []      # (scenario, Flow): its pictures of who talked to whom
+        self.ha_runs = {}    # scenario -> its HA client loops (ha.Run), for their picture
 
     def begin(self, name, title):
         self.scenario = name
@@ -30,6 +31,10 @@ class Story:
         self.timelines[-1][1].extend(replies)
         answers = [r.server or "FAILED" for r in replies]
         self.out(f"      {who}: {' '.join(answers)}")
+
+    def picture(self, flow):
+        """A picture of what the scenario observed (a pen_lab.flow.Flow), for the report."""
+        self.flows.append((self.scenario, flow))
 
     def event(self, text):
         self.timelines[-1][2].append((time.time(), text))

@@ -1,10 +1,11 @@
 """TFTP backend (tftpy): serves generated files, keeps uploads, logs both."""
 
-import hashlib
 import logging
 import os
 
 import tftpy
+
+from pen_lab.sample import sample_bytes as _sample_bytes
 
 SAMPLE_NAME = "sample.bin"
 SAMPLE_SIZE = 70_000  # spans many 512-byte blocks and ends in a partial one
@@ -12,12 +13,7 @@ SAMPLE_SIZE = 70_000  # spans many 512-byte blocks and ends in a partial one
 
 def sample_bytes(size=SAMPLE_SIZE):
     """Deterministic, non-repeating content: clients can check it byte for byte."""
-    out = bytearray()
-    counter = 0
-    while len(out) < size:
-        out += hashlib.sha256(counter.to_bytes(8, "big")).digest()
-        counter += 1
-    return bytes(out[:size])
+    return _sample_bytes(size)
 
 
 def make_tftp_server(root, seen):

@@ -44,7 +44,7 @@ def play(name, lab):
 @pytest.mark.parametrize("name", [name for name, _, _ in ha_scenarios.SCENARIOS])
 def test_ha_scenario(ha_lab, name):
     story = play(name, ha_lab)
-    runs = story.pictures[name]
+    runs = story.ha_runs[name]
     assert runs and all(run.gap[0] < run.bound for run in runs)
 
 

@@ -26,6 +26,9 @@ def test_local_demo_runs_quickly_and_writes_a_report(tmp_path):
         assert f"PASS {name}" in done.stdout
     page = report.read_text()
     assert page.count("<svg") >= 3 and "server2 breaks" in page and "<script" not in page
+    # xff (without and with -H) and control-acl are drawn as flows, with what servers saw
+    assert page.count('class="flow"') == 3
+    assert "X-Forwarded-For 127.0.0.11" in page and "127.0.0.11: refused" in page
 
 
 def test_user_mistakes_get_one_line_and_nonzero_exit():
