@@ -116,7 +116,7 @@ def main(argv=None):
             check_kind(args.pen)
         if args.command == "list":
             for scenario in SCENARIOS.values():
-                where = "docker, local" if scenario.local else f"docker {scenario.topology}"
+                where = f"docker {scenario.topology}" + (", local" if scenario.local else "")
                 print(f"{scenario.name:20} {scenario.title}  [{where}]")
         elif args.command == "scenario":
             scenario = SCENARIOS.get(args.name)

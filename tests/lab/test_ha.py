@@ -42,9 +42,12 @@ def play(name, lab):
 
 
 @pytest.mark.parametrize("name", [name for name, _, _ in ha_scenarios.SCENARIOS])
-def test_ha_scenario(ha_lab, name):
+def test_ha_scenario(ha_lab, ha_outages, name):
     story = play(name, ha_lab)
     runs = story.ha_runs[name]
+    for run in runs:
+        ha_outages.append(f"{name}{f' ({run.title})' if run.title else ''}: "
+                          f"{run.gap[0]:.2f} s (bound {run.bound:g} s)")
     assert runs and all(run.gap[0] < run.bound for run in runs)
 
 
