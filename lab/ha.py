@@ -1,6 +1,6 @@
 """The HA topology: two pen boxes share a VIP; keepalived, set up by `pen-setup vrrp`, decides.
 
-client net 10.89.1.0/24: VIP .100, penbox1 .10 (priority 150), penbox2 .9 (100), clients .21+
+client net 10.89.1.0/24: VIP .100, penbox1 .10 (priority 250), penbox2 .9 (240), clients .21+
 server net 10.89.2.0/24: penbox1 .10, penbox2 .9, servers .11+, emergency .99
 
 Each pen box runs pen (-p PIDFILE), `python3 -m pen.vrrp watch` (the track file keepalived
@@ -32,7 +32,7 @@ def net_address(net, host):
 VIP = net_address("client", 100)
 ROUTER_ID = 89
 ADVERT = 0.2
-PRIORITIES = {"penbox1": 150, "penbox2": 100}
+PRIORITIES = {"penbox1": 250, "penbox2": 240}  # near the top: the backup's skew is small
 KEEPALIVED_CONF = "/etc/keepalived/keepalived.conf"
 KEEPALIVED_LOG = "/var/log/keepalived.log"
 NOTIFY_LOG = "/var/log/pen-vrrp.log"

@@ -107,11 +107,12 @@ class HaLab(DockerLab):
         return [box for box in self.penboxes if self._running(box)]
 
     # -- pen on both boxes ----------------------------------------------------------
-    def start_pen(self, options, servers, service="http", emergency=None):
-        """The same pen, same servers, on both boxes; returns its command line."""
+    def start_pen(self, options, servers, service="http", emergency=None, listen=None):
+        """The same pen, same servers, on both boxes; returns its command line.
+        `listen` defaults to the service's port on every address (DSR: VIP:PORT)."""
         if emergency:
             options = [*options, "-e", emergency]
-        argv = pen_argv(self.pen, [*options, "-p", PEN_PID], str(self.ports[service]),
+        argv = pen_argv(self.pen, [*options, "-p", PEN_PID], listen or str(self.ports[service]),
                         servers, as_root=True)
         self.started_pen = argv
         for box in self.living():
@@ -123,14 +124,18 @@ class HaLab(DockerLab):
         argv = self.started_pen
         script = f"echo $$ > {PEN_PID}; exec {shlex.join(argv)} > {PEN_LOG} 2>&1"
         self.boxes[box].exec_run(["sh", "-c", script], detach=True)
-        probe = f"ss -Hltn 'sport = :{self.ports['http']}'; ss -Hltn 'sport = :{CONTROL_PORT}'"
+        probe = f"ss -Hltn 'sport = :{CONTROL_PORT}'"
+        sockets = 1
+        if not any(a.startswith("dsr_if") for a in argv):   # DSR listens on no socket
+            probe += f"; ss -Hltn 'sport = :{self.ports['http']}'"
+            sockets = 2
 
         def ready():
             code, out = self.run(box, f"kill -0 $(cat {PEN_PID}) && {{ {probe}; }}", 5)
             if code != 0:
                 log = self.run(box, f"tail -n 20 {PEN_LOG}", 5)[1]
                 raise LabError(f"pen exited at start in {box}: {shown(argv)}\n{log}")
-            return len(out.strip().splitlines()) >= 2
+            return len(out.strip().splitlines()) >= sockets
         self.wait_for(ready, f"pen to listen in {box}")
 
     def stop_pen(self):
@@ -283,6 +288,29 @@ class HaLab(DockerLab):
         if code != 0:
             raise LabError(f"vrrp_junk failed in {client}: {out.strip()}")
         return " ".join(argv), out
+
+    def slow_download(self, client, size, rate):
+        """Start a rate-limited download of /blob/SIZE from the VIP in a client (it takes
+        size / rate seconds); returns its command. download_result() waits for it."""
+        curl = ["curl", "-sS", "-m", "60", "--limit-rate", str(rate), "-D", "/tmp/ha-dsr.head",
+                "-o", "/tmp/ha-dsr.bin", f"http://{VIP}/blob/{size}"]
+        self.run(client, "rm -f /tmp/ha-dsr.*", 5)
+        self.boxes[client].exec_run(["sh", "-c", f"{shlex.join(curl)} > /tmp/ha-dsr.err 2>&1; "
+                                                 f"echo $? > /tmp/ha-dsr.done"], detach=True)
+        self.wait_for(lambda: self.run(client, "test -s /tmp/ha-dsr.bin", 5)[0] == 0,
+                      "the download to start", timeout=15)
+        return shlex.join(curl)
+
+    def download_result(self, client, timeout):
+        """(curl's exit status, bytes, sha256, the server that answered, curl's complaint)."""
+        self.wait_for(lambda: self.run(client, "test -e /tmp/ha-dsr.done", 5)[0] == 0,
+                      "the download to end", timeout=timeout, interval=0.5)
+        _, out = self.run(client, "cat /tmp/ha-dsr.done; wc -c < /tmp/ha-dsr.bin; "
+                                  "sha256sum /tmp/ha-dsr.bin | cut -d' ' -f1; "
+                                  "sed -n 's/^[Xx]-[Ll]ab-[Ss]erver: *//p' /tmp/ha-dsr.head; "
+                                  "head -c 300 /tmp/ha-dsr.err", 10)
+        lines = out.splitlines() + [""] * 5
+        return int(lines[0] or 1), int(lines[1] or 0), lines[2], lines[3].strip(), lines[4]
 
     # -- the client loop ------------------------------------------------------------
     def start_probe(self, client, duration, rate=20, sources=()):

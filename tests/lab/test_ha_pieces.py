@@ -20,7 +20,7 @@ def test_each_box_is_set_up_by_pen_setup_with_the_other_as_its_peer():
     def value(argv, option):
         return argv[argv.index(option) + 1]
     assert value(one, "--peer") == "10.89.1.9" and value(two, "--peer") == "10.89.1.10"
-    assert (value(one, "--priority"), value(two, "--priority")) == ("150", "100")
+    assert (value(one, "--priority"), value(two, "--priority")) == ("250", "240")
     assert value(one, "--vip") == "10.89.1.100/24" and value(one, "--advert-int") == "0.2"
     assert value(one, "--pid-file") == ha.PEN_PID
     assert "--nopreempt" in two and "--nopreempt" not in one
