@@ -296,15 +296,20 @@ def dsr(lab, story):
         story.command(f"{MASTER}, {BACKUP}", lab.start_pen(
             ["-O", f"dsr_if {ifname}"], [lab.dsr_address(s) for s in lab.servers],
             listen=f"{VIP}:80"))
-        lab.wait_master(MASTER)
         client = lab.clients[0]
+        lab.wait_for(lambda: lab.holders() == [MASTER], f"{MASTER} to hold the VIP", timeout=20)
+        lab.wait_for(lambda: lab.download(client, 1, VIP, timeout=3).server,
+                     "pen to learn the servers' MACs and pass a request on", timeout=20)
         story.command(client, lab.slow_download(client, DSR_SIZE, DSR_RATE) + " &")
         story.say(f"{client} downloads {DSR_SIZE} bytes at {DSR_RATE} bytes/s (10 s)")
         time.sleep(CALM)
         story.event(f"docker kill {MASTER}")
         lab.kill_box(MASTER)
         story.command("docker", f"docker kill pen-lab-{MASTER}")
-        lab.wait_master(BACKUP)
+        arrived = int(lab.run(client, "wc -c < /tmp/ha-dsr.bin", 5)[1].strip() or 0)
+        story.say(f"{arrived} bytes had arrived when {MASTER} died")
+        check(0 < arrived < DSR_SIZE, f"ha-dsr: the download was not under way ({arrived} B)")
+        lab.wait_for(lambda: lab.holders() == [BACKUP], f"{BACKUP} to hold the VIP", timeout=10)
         story.say(f"{BACKUP} holds the VIP: the client's acks reach the same server through it")
         code, size, digest, server, err = lab.download_result(client, 60)
         check(code == 0, f"ha-dsr: the download failed: {err.strip()}")
@@ -312,6 +317,9 @@ def dsr(lab, story):
         check(digest == hashlib.sha256(sample_bytes(DSR_SIZE)).hexdigest(),
               "ha-dsr: the download is not byte-exact")
         story.say(f"{size} bytes from {server}, sha256 matches: the connection outlived its box")
+        shown, _, out = lab.penctl("servers", box=BACKUP)
+        story.command(BACKUP, shown)
+        story.show(out)
     finally:
         try:
             lab.reset()
