@@ -290,27 +290,28 @@ class HaLab(DockerLab):
         return " ".join(argv), out
 
     def slow_download(self, client, size, rate):
-        """Start a rate-limited download of /blob/SIZE from the VIP in a client (it takes
-        size / rate seconds); returns its command. download_result() waits for it."""
-        curl = ["curl", "-sS", "-m", "60", "--limit-rate", str(rate), "-D", "/tmp/ha-dsr.head",
-                "-o", "/tmp/ha-dsr.bin", f"http://{VIP}/blob/{size}"]
+        """Start a download of /blob/SIZE from the VIP in a client, read at RATE bytes a
+        second through a small window (python3 -m pen_lab.slow_get); returns its command."""
+        argv = ["python3", "-m", "pen_lab.slow_get", f"http://{VIP}/blob/{size}",
+                "--rate", str(rate), "--out", "/tmp/ha-dsr.bin"]
         self.run(client, "rm -f /tmp/ha-dsr.*", 5)
-        self.boxes[client].exec_run(["sh", "-c", f"{shlex.join(curl)} > /tmp/ha-dsr.err 2>&1; "
-                                                 f"echo $? > /tmp/ha-dsr.done"], detach=True)
+        self.boxes[client].exec_run(["sh", "-c", f"{shlex.join(argv)} > /tmp/ha-dsr.out "
+                                                 f"2>&1; echo $? > /tmp/ha-dsr.done"],
+                                    detach=True)
         self.wait_for(lambda: self.run(client, "test -s /tmp/ha-dsr.bin", 5)[0] == 0,
                       "the download to start", timeout=15)
-        return shlex.join(curl)
+        return " ".join(argv)
 
     def download_result(self, client, timeout):
-        """(curl's exit status, bytes, sha256, the server that answered, curl's complaint)."""
+        """(exit status, bytes, sha256, the server that answered, what it said)."""
         self.wait_for(lambda: self.run(client, "test -e /tmp/ha-dsr.done", 5)[0] == 0,
                       "the download to end", timeout=timeout, interval=0.5)
-        _, out = self.run(client, "cat /tmp/ha-dsr.done; wc -c < /tmp/ha-dsr.bin; "
-                                  "sha256sum /tmp/ha-dsr.bin | cut -d' ' -f1; "
-                                  "sed -n 's/^[Xx]-[Ll]ab-[Ss]erver: *//p' /tmp/ha-dsr.head; "
-                                  "head -c 300 /tmp/ha-dsr.err", 10)
-        lines = out.splitlines() + [""] * 5
-        return int(lines[0] or 1), int(lines[1] or 0), lines[2], lines[3].strip(), lines[4]
+        _, out = self.run(client, "cat /tmp/ha-dsr.done /tmp/ha-dsr.out", 10)
+        lines = out.splitlines()
+        fields = lines[-1].split() if len(lines) > 1 else []
+        if len(fields) != 4 or not fields[2].isdigit():
+            return int(lines[0] if lines and lines[0].isdigit() else 1), 0, "", "", out[-300:]
+        return int(lines[0]), int(fields[2]), fields[3], fields[1], out[-300:]
 
     # -- the client loop ------------------------------------------------------------
     def start_probe(self, client, duration, rate=20, sources=()):

@@ -1,7 +1,8 @@
 """The HA scenarios' picture: where the VIP was, what the client got, and the outage.
 
 One inline SVG per client loop (ha.Run): a band per pen box while it held the VIP (grey
-while the box was down), a dot per answered request in the lane of the box that relayed it,
+while the box was down), a dot per answered request in the lane of the box that relayed it
+(with DSR the server answers the client itself: one lane for those),
 a red cross per failed one, dashed lines at the scenario's events, and the longest gap
 without an answer shaded and labelled with its measured length.
 """
@@ -15,8 +16,10 @@ FAILED = "#d62728"
 
 def draw(run, events=()):
     boxes = sorted(run.spans or {})
+    direct = any(r.server and box is None for r, box in zip(run.replies, run.by_box,
+                                                            strict=True))
     lanes = ([("vip", box) for box in boxes] + [("relayed", box) for box in boxes]
-             + [("failed", None)])
+             + [("relayed", None)] * direct + [("failed", None)])
     plot = WIDTH - LEFT - RIGHT
     height = TOP + LANE * len(lanes) + 44
     span = max(run.end - run.start, 1.0)
@@ -45,7 +48,7 @@ def draw(run, events=()):
                      f'{gap:.2f} s{bound}</text>')
     for kind, box in lanes:
         y = lane_y(kind, box)
-        label = {"vip": f"VIP on {box}", "relayed": f"via {box}",
+        label = {"vip": f"VIP on {box}", "relayed": f"via {box}" if box else "answered (DSR)",
                  "failed": "failed requests"}[kind]
         parts.append(f'<text x="4" y="{y + LANE / 2 + 4:.0f}">{html.escape(label)}</text>')
         parts.append(f'<line x1="{LEFT}" x2="{LEFT + plot}" y1="{y + LANE / 2:.0f}" '
@@ -69,7 +72,8 @@ def draw(run, events=()):
             tip = html.escape(f"{t} {reply.client or ''}: {reply.error or 'failed'}")
             parts.append(f'<path d="M{x(reply.t) - 3:.1f},{y - 3:.0f} l6,6 m0,-6 l-6,6" '
                          f'stroke="{FAILED}" stroke-width="1.5"><title>{tip}</title></path>')
-        elif box in boxes:
+        else:      # a box that relayed it, or (DSR) the server answered the client itself
+            box = box if box in boxes else None
             y = lane_y("relayed", box) + LANE / 2
             tip = html.escape(f"{t} {reply.client or ''} -> {box} -> {reply.server}")
             parts.append(f'<circle cx="{x(reply.t):.1f}" cy="{y:.0f}" r="2.5" '

@@ -57,7 +57,8 @@ def finish(lab, story, loop, bound, title=None):
     failed = sum(1 for r in run.replies if r.server is None)
     relayed = {box: run.by_box.count(box) for box in lab.penboxes}
     story.say(f"{client}: {len(run.replies)} requests, {failed} failed; relayed by "
-              + ", ".join(f"{box} {count}" for box, count in relayed.items()))
+              + ", ".join(f"{box} {count}" for box, count in relayed.items())
+              + ("" if any(relayed.values()) else " (DSR: the servers answer directly)"))
     errors = Counter((r.error or "").split(":")[0] for r in run.replies if r.server is None)
     if errors:
         story.say("failed: " + ", ".join(f"{n} {what}" for what, n in errors.most_common()))
@@ -300,18 +301,20 @@ def dsr(lab, story):
         lab.wait_for(lambda: lab.holders() == [MASTER], f"{MASTER} to hold the VIP", timeout=20)
         lab.wait_for(lambda: lab.download(client, 1, VIP, timeout=3).server,
                      "pen to learn the servers' MACs and pass a request on", timeout=20)
-        story.command(client, lab.slow_download(client, DSR_SIZE, DSR_RATE) + " &")
-        story.say(f"{client} downloads {DSR_SIZE} bytes at {DSR_RATE} bytes/s (10 s)")
+        loop = client_loop(lab, story, 12)
+        downloader = lab.clients[1]
+        story.command(downloader, lab.slow_download(downloader, DSR_SIZE, DSR_RATE) + " &")
+        story.say(f"{downloader} downloads {DSR_SIZE} bytes at {DSR_RATE} bytes/s (10 s)")
         time.sleep(CALM)
         story.event(f"docker kill {MASTER}")
         lab.kill_box(MASTER)
         story.command("docker", f"docker kill pen-lab-{MASTER}")
-        arrived = int(lab.run(client, "wc -c < /tmp/ha-dsr.bin", 5)[1].strip() or 0)
+        arrived = int(lab.run(downloader, "wc -c < /tmp/ha-dsr.bin", 5)[1].strip() or 0)
         story.say(f"{arrived} bytes had arrived when {MASTER} died")
         check(0 < arrived < DSR_SIZE, f"ha-dsr: the download was not under way ({arrived} B)")
         lab.wait_for(lambda: lab.holders() == [BACKUP], f"{BACKUP} to hold the VIP", timeout=10)
         story.say(f"{BACKUP} holds the VIP: the client's acks reach the same server through it")
-        code, size, digest, server, err = lab.download_result(client, 60)
+        code, size, digest, server, err = lab.download_result(downloader, 60)
         check(code == 0, f"ha-dsr: the download failed: {err.strip()}")
         check(size == DSR_SIZE, f"ha-dsr: got {size} of {DSR_SIZE} bytes")
         check(digest == hashlib.sha256(sample_bytes(DSR_SIZE)).hexdigest(),
@@ -320,6 +323,7 @@ def dsr(lab, story):
         shown, _, out = lab.penctl("servers", box=BACKUP)
         story.command(BACKUP, shown)
         story.show(out)
+        finish(lab, story, loop, 1.0)
     finally:
         try:
             lab.reset()
