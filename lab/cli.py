@@ -147,7 +147,9 @@ def main(argv=None):
             elif args.command == "up":
                 docker_lab.up(engine, print, topology=args.topology, source=args.source,
                               base=args.base)
-                print("the lab is up: try `pen-lab scenario tracking`, then `pen-lab down`")
+                first = "ha-kill-box" if args.topology == "ha" else "tracking"
+                print(f"the lab is up: try `pen-lab status`, `pen-lab scenario {first}`, "
+                      "then `pen-lab down`")
             elif args.command == "status":
                 print("\n".join(docker_lab.status(engine)))
             elif args.command == "down":
