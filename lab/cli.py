@@ -6,7 +6,7 @@ import time
 
 from pen_lab.errors import LabError
 from pen_lab.pencmd import check_kind
-from pen_lab.scenarios import LOCAL_TOUR, SCENARIOS, TOUR, run_scenario
+from pen_lab.scenarios import HA_TOUR, LOCAL_TOUR, SCENARIOS, TOUR, run_scenario
 from pen_lab.story import Story
 
 
@@ -36,6 +36,9 @@ def parse_args(argv):
     demo = command("demo", "run the tour of scenarios", pen=True, images=True)
     demo.add_argument("--local", action="store_true", help="on loopback, without docker")
     demo.add_argument("--report", metavar="FILE.html", help="also write an HTML timeline")
+    demo.add_argument("--topology", choices=["classic", "ha"], default=None,
+                      help="the tour to run: classic, or the HA pair's scenarios "
+                      "[the running lab's, else classic]")
     return parser.parse_args(argv)
 
 
@@ -67,18 +70,42 @@ def run_on_lab(args, names, story):
         return
     docker_lab = docker_lab_module()
     engine = docker_lab.connect()
-    started = not engine.containers.list(all=True, filters=docker_lab.OURS)
-    if started:
-        story.out("the lab is down: bringing it up for this run")
-        lab = docker_lab.up(engine, story.say, pen=args.pen, source=args.source, base=args.base)
-    else:
-        lab = docker_lab.DockerLab(engine, args.pen, story.say)
+    running = docker_lab.topology_of(engine)
+    started = running is None
+    groups = []                 # consecutive scenarios that need the same topology
+    for name in names:
+        topology = SCENARIOS[name].topology
+        if groups and groups[-1][0] == topology:
+            groups[-1][1].append(name)
+        else:
+            groups.append((topology, [name]))
     try:
-        for name in names:
-            run_scenario(name, lab, story)
+        for topology, group in groups:
+            if running == topology:
+                lab = docker_lab.open_lab(engine, args.pen, story.say)
+            elif running is None or started:
+                story.out(f"bringing the lab up ({topology} topology) for this run")
+                lab = docker_lab.up(engine, story.say, topology=topology, pen=args.pen,
+                                    source=args.source, base=args.base)
+                running, started = topology, True
+            else:
+                raise LabError(f"scenario {group[0]} needs the {topology} lab, but the lab is "
+                               f"up as {running}: `pen-lab down` first (or `pen-lab up "
+                               f"--topology {topology}`)")
+            for name in group:
+                run_scenario(name, lab, story)
     finally:
         if started:
             docker_lab.down(engine, lambda _: None)
+
+
+def demo_tour(args):
+    """The classic tour, or the HA one with --topology ha or when the HA lab is up."""
+    topology = args.topology
+    if topology is None:
+        docker_lab = docker_lab_module()
+        topology = docker_lab.topology_of(docker_lab.connect()) or "classic"
+    return HA_TOUR if topology == "ha" else TOUR
 
 
 def main(argv=None):
@@ -89,7 +116,7 @@ def main(argv=None):
             check_kind(args.pen)
         if args.command == "list":
             for scenario in SCENARIOS.values():
-                where = "docker, local" if scenario.local else "docker"
+                where = f"docker {scenario.topology}" + (", local" if scenario.local else "")
                 print(f"{scenario.name:20} {scenario.title}  [{where}]")
         elif args.command == "scenario":
             scenario = SCENARIOS.get(args.name)
@@ -100,12 +127,15 @@ def main(argv=None):
             run_on_lab(args, [args.name], story)
         elif args.command == "demo":
             began = time.monotonic()
-            run_on_lab(args, LOCAL_TOUR if args.local else TOUR, story)
-            print(f"\ndemo done in {time.monotonic() - began:.1f}s")
-            if args.report:
-                from pen_lab import report
-                report.write(args.report, story.timelines, flows=story.flows)
-                print(f"report written to {args.report}")
+            try:
+                run_on_lab(args, LOCAL_TOUR if args.local else demo_tour(args), story)
+                print(f"\ndemo done in {time.monotonic() - began:.1f}s")
+            finally:            # a failed tour's report shows what happened up to the failure
+                if args.report and story.timelines:
+                    from pen_lab import report
+                    report.write(args.report, story.timelines, flows=story.flows,
+                                 ha_runs=story.ha_runs)
+                    print(f"report written to {args.report}")
         else:
             docker_lab = docker_lab_module()
             from pen_lab import images
@@ -117,7 +147,9 @@ def main(argv=None):
             elif args.command == "up":
                 docker_lab.up(engine, print, topology=args.topology, source=args.source,
                               base=args.base)
-                print("the lab is up: try `pen-lab scenario tracking`, then `pen-lab down`")
+                first = "ha-kill-box" if args.topology == "ha" else "tracking"
+                print(f"the lab is up: try `pen-lab status`, `pen-lab scenario {first}`, "
+                      "then `pen-lab down`")
             elif args.command == "status":
                 print("\n".join(docker_lab.status(engine)))
             elif args.command == "down":

@@ -47,11 +47,14 @@ class Topology:
     servers: int
     clients: int
     about: str
+    penboxes: int = 1           # 2: the HA pair of lab/ha.py (penbox1, penbox2, a VIP)
 
 
 TOPOLOGIES = {
     "classic": Topology("classic", 3, 3, "3 servers, an emergency server, 3 clients"),
     "small": Topology("small", 2, 1, "2 servers, an emergency server, 1 client"),
+    "ha": Topology("ha", 3, 2, "2 pen boxes sharing a VIP (keepalived), 3 servers, an "
+                               "emergency server, 2 clients", penboxes=2),
 }
 
 
@@ -63,6 +66,10 @@ def plan(topology):
     """(name, role, {net: address}) for every container of a topology."""
     boxes = [("penbox", "penbox", {"client": net_address("client", PENBOX_HOST),
                                    "server": net_address("server", PENBOX_HOST)})]
+    if topology.penboxes > 1:   # penbox1 .10, penbox2 .9: below the servers
+        boxes = [(f"penbox{i}", "penbox", {net: net_address(net, 11 - i)
+                                           for net in ("client", "server")})
+                 for i in range(1, topology.penboxes + 1)]
     boxes += [(f"server{i}", "server", {"server": net_address("server", 10 + i)})
               for i in range(1, topology.servers + 1)]
     boxes.append(("emergency", "emergency", {"server": net_address("server", 99)}))
@@ -104,9 +111,11 @@ def up(engine, say, topology="classic", pen="py", source=None, base=None):
     down(engine, lambda _: None)
     try:
         _create(engine, image, TOPOLOGIES[topology], say)
-        lab = DockerLab(engine, pen, say)
+        lab = open_lab(engine, pen, say)
         for name in lab.servers + [lab.emergency]:
             lab.wait_serving(name)
+        if hasattr(lab, "prepare"):
+            lab.prepare()
         return lab
     except BaseException:
         down(engine, say)
@@ -137,7 +146,7 @@ def _create(engine, image, topology, say):
             image, command, name=f"pen-lab-{name}", hostname=name, init=True,
             labels={LABEL: "1", f"{LABEL}.role": role, f"{LABEL}.name": name,
                     f"{LABEL}.topology": topology.name},
-            cap_add=["NET_ADMIN"] if role != "client" else [],
+            cap_add=["NET_ADMIN"] if role != "client" or topology.penboxes > 1 else [],
             network=NETWORKS[first[0]][0],
             networking_config={NETWORKS[first[0]][0]:
                                engine.api.create_endpoint_config(ipv4_address=first[1])})
@@ -157,7 +166,26 @@ def status(engine):
         nets = box.attrs["NetworkSettings"]["Networks"]
         ips = " ".join(n["IPAddress"] for n in nets.values() if n["IPAddress"])
         lines.append(f"container {box.name:18} {box.status:10} {ips}")
+    if topology_of(engine) == "ha":
+        from pen_lab import ha_lab
+        lines += ha_lab.status_lines(engine)
     return lines or ["the lab is down (nothing labelled pen-lab=1)"]
+
+
+def topology_of(engine):
+    """The running lab's topology name, or None when it is down."""
+    for box in engine.containers.list(all=True, filters=OURS):
+        if f"{LABEL}.topology" in box.labels:
+            return box.labels[f"{LABEL}.topology"]
+    return None
+
+
+def open_lab(engine, pen, say):
+    """The running lab as the scenarios drive it: a DockerLab, or an HaLab for `ha`."""
+    if topology_of(engine) == "ha":
+        from pen_lab import ha_lab
+        return ha_lab.HaLab(engine, pen, say)
+    return DockerLab(engine, pen, say)
 
 
 class DockerLab:
@@ -171,10 +199,12 @@ class DockerLab:
         self.say = say
         boxes = engine.containers.list(all=True, filters=OURS)
         self.boxes = {b.labels[f"{LABEL}.name"]: b for b in boxes}
-        if "penbox" not in self.boxes:
+        first = self.boxes.get("penbox") or self.boxes.get("penbox1")
+        if first is None:
             raise LabError("the lab is not up: run `pen-lab up` first")
         roles = {name: b.labels[f"{LABEL}.role"] for name, b in self.boxes.items()}
-        topology = TOPOLOGIES[self.boxes["penbox"].labels[f"{LABEL}.topology"]]
+        topology = TOPOLOGIES[first.labels[f"{LABEL}.topology"]]
+        self.topology = topology.name
         self.planned = {name: addresses for name, _, addresses in plan(topology)}
         self.servers = sorted(n for n, r in roles.items() if r == "server")
         self.clients = sorted(n for n, r in roles.items() if r == "client")

@@ -23,7 +23,8 @@ BASE_TAG = "pen-lab-base:bookworm"
 APP_REPO = "pen-lab"
 MIRROR = "http://deb.debian.org/debian"
 BASE_PACKAGES = ["python3", "iproute2", "iptables", "curl", "dnsutils", "tftp-hpa", "swaks",
-                 "pen", "procps", "netbase", "openssl", "ca-certificates"]
+                 "pen", "procps", "netbase", "openssl", "ca-certificates", "keepalived"]
+PACKAGES_LABEL = f"{LABEL}.packages"  # a cached base lacking one of them is rebuilt
 SERVICE_WHEELS = ["dnslib", "tftpy", "aiosmtpd"]
 
 APP_DOCKERFILE = """\
@@ -96,8 +97,13 @@ def ensure_base(client, say, base=None):
         return image
     image = _image(client, BASE_TAG)
     if image is not None:
-        say(f"base image: {BASE_TAG} (cached)")
-        return image
+        listed = (image.labels or {}).get(PACKAGES_LABEL)
+        missing = [p for p in BASE_PACKAGES if p not in (listed or "").split(",")]
+        if not missing:
+            say(f"base image: {BASE_TAG} (cached)")
+            return image
+        say(f"base image: {BASE_TAG} " + (f"lacks {', '.join(missing)}" if listed else
+                                           "does not list its packages") + ": building it again")
     image = _base_from_registry(client, say)
     return image if image is not None else _base_from_debootstrap(client, say)
 
@@ -113,7 +119,7 @@ def _base_from_registry(client, say):
         Path(context, "Dockerfile").write_text(
             PULLED_DOCKERFILE.format(packages=" ".join(BASE_PACKAGES)))
         image, _ = client.images.build(path=context, tag=BASE_TAG, rm=True,
-                                       labels={LABEL: "1"})
+                                       labels={LABEL: "1", PACKAGES_LABEL: ",".join(BASE_PACKAGES)})
     return image
 
 
@@ -137,7 +143,8 @@ def _base_from_debootstrap(client, say):
         repo, tag = BASE_TAG.split(":")
         client.api.import_image_from_file(
             str(tarball), repository=repo, tag=tag,
-            changes=[f"LABEL {LABEL}=1", "ENV LANG=C.UTF-8", 'CMD ["bash"]'])
+            changes=[f"LABEL {LABEL}=1", f"LABEL {PACKAGES_LABEL}={','.join(BASE_PACKAGES)}",
+                     "ENV LANG=C.UTF-8", 'CMD ["bash"]'])
     return client.images.get(BASE_TAG)
 
 

@@ -241,23 +241,29 @@ def _arrow(flow, arrow, col, rects, anchors, detours, bottom):
     return "".join(out)
 
 
-def pictures(name, replies, events, flows):
-    """The pictures one scenario gets in the report: its flows, then its request timeline."""
+def pictures(name, replies, events, flows, ha_runs=()):
+    """The pictures one scenario gets in the report: its flows, then its request timeline
+    (an HA scenario's: where the VIP was and the outage, per client loop)."""
     drawn = [flow_chart(flow) for flow in flows]
-    if replies:
+    if ha_runs:
+        from pen_lab.ha_picture import draw
+        drawn += [draw(run, events) for run in ha_runs]
+    elif replies:
         drawn.append(chart(replies, events))
     return drawn
 
 
-def render(timelines, title="pen-lab demo", flows=()):
-    """timelines: (scenario, replies, events); flows: (scenario, Flow) as Story keeps them."""
+def render(timelines, title="pen-lab demo", flows=(), ha_runs=None):
+    """timelines: (scenario, replies, events); flows: (scenario, Flow) as Story keeps them;
+    ha_runs: {scenario: [ha.Run]}."""
     body = [f"<h1>{html.escape(title)}</h1>",
             "<p>Boxes and arrows show who connected to whom, and under each server (in brown) "
             "what it saw. In a timeline each dot is one client request, placed in the lane of "
             "the server that answered it (hover for details); dashed red lines mark servers "
             "breaking and coming back.</p>"]
     for name, replies, events in timelines:
-        drawn = pictures(name, replies, events, [f for n, f in flows if n == name])
+        drawn = pictures(name, replies, events, [f for n, f in flows if n == name],
+                         (ha_runs or {}).get(name, ()))
         if not drawn:
             continue
         body.append(f"<h2>{html.escape(name)}</h2>")
@@ -269,6 +275,6 @@ def render(timelines, title="pen-lab demo", flows=()):
             "</head><body>\n" + "\n".join(body) + "\n</body></html>\n")
 
 
-def write(path, timelines, title="pen-lab demo", flows=()):
+def write(path, timelines, title="pen-lab demo", flows=(), ha_runs=None):
     with open(path, "w") as out:
-        out.write(render(timelines, title, flows))
+        out.write(render(timelines, title, flows, ha_runs))

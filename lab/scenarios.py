@@ -8,6 +8,7 @@ import hashlib
 import time
 from dataclasses import dataclass
 
+from pen_lab import ha_scenarios
 from pen_lab.errors import LabError
 from pen_lab.flow import Flow
 from pen_lab.replies import count_by_server, servers_of
@@ -23,6 +24,7 @@ class Scenario:
     title: str
     run: object
     local: bool = False  # also runs on loopback (demo --local)
+    topology: str = "classic"  # the docker lab it needs (`pen-lab up --topology ...`)
 
 
 def http_specs(lab):
@@ -515,10 +517,12 @@ SCENARIOS = {s.name: s for s in [
     Scenario("tftp", "TFTP get and put over UDP (-U)", tftp),
     Scenario("smtp", "SMTP to a maildir", smtp),
     Scenario("dsr", "direct server return: servers answer the clients themselves", dsr),
+    *[Scenario(name, title, run, topology="ha") for name, title, run in ha_scenarios.SCENARIOS],
 ]}
 
 TOUR = ["tracking", "failover-stop", "emergency", "xff", "control-acl", "smtp", "dsr"]
 LOCAL_TOUR = ["tracking", "failover-kill", "emergency", "xff", "control-acl"]
+HA_TOUR = [name for name, _, _ in ha_scenarios.SCENARIOS]
 
 
 def run_scenario(name, lab, story):

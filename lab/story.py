@@ -9,6 +9,7 @@ class Story:
         self.scenario = None
         self.timelines = []  # (scenario, replies, events) for the report
         self.flows = []      # (scenario, Flow): its pictures of who talked to whom
+        self.ha_runs = {}    # scenario -> its HA client loops (ha.Run), for their picture
 
     def begin(self, name, title):
         self.scenario = name

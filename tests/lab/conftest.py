@@ -27,3 +27,18 @@ def lab():
         pytest.fail(str(err), pytrace=False)
     yield running
     docker_lab.down(engine, lambda _: None)
+
+
+HA_OUTAGES = []  # "scenario: measured outage (bound)" lines, printed after the run
+
+
+@pytest.fixture(scope="session")
+def ha_outages():
+    return HA_OUTAGES
+
+
+def pytest_terminal_summary(terminalreporter):
+    if HA_OUTAGES:
+        terminalreporter.section("HA lab: the clients' outage in each scenario")
+        for line in HA_OUTAGES:
+            terminalreporter.write_line(line)

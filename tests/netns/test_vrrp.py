@@ -33,11 +33,12 @@ def keepalived(lab, box, ns, preempt, unicast):
     peer = next(ip for name, (ip, _) in BOXES.items() if name != box)
     conf = f"/tmp/{lab.prefix}-{box}-keepalived.conf"
     pids = [f"/tmp/{lab.prefix}-{box}-{kind}.pid" for kind in ("main", "vrrp", "check")]
-    lab.files += [conf, *pids]
+    notify_log = f"/tmp/{lab.prefix}-{box}-notify.log"
+    lab.files += [conf, *pids, notify_log]
     # the check runs as root: this Python lives under /root, which nobody cannot enter
     args = ["vrrp", "--interface", lab.ifname(f"{box}0"), "--vip", f"{VIP}/24",
             "--priority", str(priority), "--router-id", "79", "--check-port", "80",
-            "--script-user", "root", "--write", conf]
+            "--script-user", "root", "--notify-log", notify_log, "--write", conf]
     args += ["--peer", peer] if unicast else []
     args += [] if preempt else ["--nopreempt"]
     lab.sh(sys.executable, "-m", "pen.setup_host", *args)
@@ -91,6 +92,14 @@ def wait_for_master(lab, members, box, timeout, keepalived_procs):
         raise AssertionError(f"box {box} never became master\n{logs}") from None
 
 
+def read(path):
+    try:
+        with open(path) as f:
+            return f.read()
+    except FileNotFoundError:
+        return ""
+
+
 def kill(proc):
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait(5)
@@ -110,6 +119,9 @@ def test_vip_leaves_the_box_whose_pen_died(boxes, preempt, unicast):
     failover = time.monotonic() - died
     print(f"failover after pen died: {failover:.2f} s")
     assert "Entering FAULT STATE" in lab.output(kad["a"])
+    # pen-setup's notify hook logged both boxes' changes (it runs as keepalived's child)
+    wait_for(lambda: "is FAULT" in read(f"/tmp/{lab.prefix}-a-notify.log") and
+             "is MASTER" in read(f"/tmp/{lab.prefix}-x-notify.log"), what="the notify hooks")
     assert failover < 10
 
     pens["a"] = start_pen(lab, members["a"])

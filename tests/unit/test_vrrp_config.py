@@ -3,11 +3,14 @@
 import os
 import shutil
 import subprocess
+import sys
+import threading
 
 import pytest
 
-from pen import setup_host
+from pen import setup_host, vrrp
 from pen.vrrp import Vrrp, VrrpError, render
+from support import can_connect, free_port, wait_for
 
 
 def block(text, header):
@@ -31,7 +34,7 @@ def test_instance_holds_the_vip_and_tracks_pen():
     assert "192.0.2.10/24 dev eth1" in inst
     assert inst[inst.index("track_script {") + 1] == "pen_alive"
     assert "nopreempt" not in inst and "version 3" not in inst
-    assert not any("unicast_peer" in line for line in inst)          # multicast by default
+    assert not any("unicast" in line for line in inst)               # multicast by default
     script = block(text, "vrrp_script pen_alive")
     assert 'script "/usr/bin/python3 -m pen.vrrp check 127.0.0.1:80"' in script
     assert {"interval 1", "fall 2", "rise 2"} <= set(script)
@@ -45,7 +48,8 @@ def test_options_reach_the_config():
                   "192.0.2.3"), check_port=10080, preempt=False, advert_int=2,
                   script_user="pen", python="/opt/pen/bin/python"))
     inst = block(text, "vrrp_instance pen_vip_7")
-    assert {"virtual_router_id 7", "priority 90", "advert_int 2", "nopreempt"} <= set(inst)
+    assert {"virtual_router_id 7", "priority 90", "advert_int 2", "nopreempt",
+            "check_unicast_src"} <= set(inst)
     peers = inst[inst.index("unicast_peer {") + 1:]
     assert peers[:3] == ["192.0.2.2", "192.0.2.3", "}"]
     assert "192.0.2.10/26 dev bond0" in inst
@@ -125,3 +129,71 @@ def test_sub_second_adverts_use_vrrp_version_3_and_keepalived_takes_them(tmp_pat
 def test_advert_intervals_keepalived_cannot_honour_are_refused(advert):
     with pytest.raises(VrrpError, match=r"--advert-int .*: keepalived takes 1..255 whole"):
         render(Vrrp("eth1", "192.0.2.10/24", 150, advert_int=advert))
+
+
+def test_pid_file_adds_the_watchers_track_file_and_hooks_log_state_changes():
+    text = render(Vrrp("eth1", "192.0.2.10/24", 150, pid_file="/run/pen.pid",
+                       python="/usr/bin/python3"))
+    tracked = block(text, "track_file pen_running")
+    assert {'file "/run/pen-vrrp/pen-running"', "weight 0", "init_file 1"} <= set(tracked)
+    inst = block(text, "vrrp_instance pen_vip_51")
+    assert inst[inst.index("track_file {") + 1] == "pen_running"
+    hook = "/usr/bin/python3 -m pen.vrrp notify /var/log/pen-vrrp.log"
+    assert f'notify "{hook}" root' in inst
+    assert f'notify_master_rx_lower_pri "{hook} split-brain" root' in inst
+    assert "/usr/bin/python3 -m pen.vrrp watch /run/pen.pid --check 127.0.0.1:80" in text
+    assert "track_file" not in render(Vrrp("eth1", "192.0.2.10/24", 150))
+    with pytest.raises(VrrpError, match="^--pid-file 'run/pen.pid'"):
+        render(Vrrp("eth1", "192.0.2.10/24", 150, pid_file="run/pen.pid"))
+    with pytest.raises(VrrpError, match="^--notify-log "):
+        render(Vrrp("eth1", "192.0.2.10/24", 150, notify_log='/var/log/a "b'))
+
+
+def test_notify_lines_name_the_state_and_the_split_brain(tmp_path):
+    line = vrrp.notify_line(0.25, ["INSTANCE", "pen_vip_51", "MASTER", "150"])
+    assert line.startswith("1970-01-01T00:00:00.250Z ")
+    assert line.endswith(" instance pen_vip_51 is MASTER (priority 150)\n")
+    assert "SPLIT BRAIN" in vrrp.notify_line(0, ["split-brain"])
+    assert "called with nothing" in vrrp.notify_line(0, [])
+    log = tmp_path / "pen-vrrp.log"
+    assert vrrp.main(["notify", str(log), "INSTANCE", "v", "BACKUP", "100"]) == 0
+    assert vrrp.main(["notify", str(log), "split-brain"]) == 0
+    assert vrrp.main(["notify", str(log), "split-brain"]) == 0     # every advert: one line
+    assert vrrp.main(["notify", str(log), "INSTANCE", "v", "MASTER", "100"]) == 0
+    assert vrrp.main(["notify", str(log), "split-brain"]) == 0     # a new one: logged
+    lines = [ln.split(" ", 2)[2] for ln in log.read_text().splitlines()]
+    assert lines[0] == "instance v is BACKUP (priority 100)" and len(lines) == 4
+    assert ["SPLIT BRAIN" in ln for ln in lines] == [False, True, False, True]
+    assert vrrp.main(["notify", str(tmp_path / "no" / "dir.log"), "x"]) == 0  # never fails
+
+
+def test_watch_writes_1_the_moment_pen_exits(tmp_path):
+    """A listener stands in for pen: the track file says 0 while it runs, 1 once killed."""
+    port = free_port()
+    pen = subprocess.Popen([sys.executable, "-c", "import socket, time; s = socket.socket(); "
+                            f"s.bind(('127.0.0.1', {port})); s.listen(); time.sleep(60)"])
+    pid_file, track = tmp_path / "pen.pid", tmp_path / "run" / "pen-running"
+    pid_file.write_text(f"{pen.pid}\n")
+    wait_for(lambda: can_connect("127.0.0.1", port), what="the stand-in to listen")
+    watcher = threading.Thread(target=vrrp.watch, daemon=True,
+                               args=(str(pid_file), f"127.0.0.1:{port}", str(track)),
+                               kwargs={"poll": 0.05, "rounds": 2})
+    try:
+        watcher.start()
+        wait_for(lambda: track.exists() and track.read_text() == "0\n", what="0 while it runs")
+        pen.kill()
+        wait_for(lambda: track.read_text() == "1\n", what="1 once it exits")
+        watcher.join(5)
+        assert not watcher.is_alive()
+    finally:
+        pen.kill()
+        pen.wait()
+
+
+def test_watch_keeps_1_without_a_pen(tmp_path):
+    track = tmp_path / "pen-running"
+    vrrp.watch(str(tmp_path / "missing.pid"), "127.0.0.1:1", str(track), poll=0.01, rounds=2)
+    assert track.read_text() == "1\n"
+    (tmp_path / "junk.pid").write_text("not a pid")
+    vrrp.watch(str(tmp_path / "junk.pid"), "127.0.0.1:1", str(track), poll=0.01, rounds=1)
+    assert track.read_text() == "1\n"
