@@ -307,6 +307,8 @@ class _Direction:
 def _reading(stream):
     """(recv, buffered) for a stream: a TLS socket reads through its record layer, and
     may hold decrypted bytes (buffered() > 0) that its fd no longer shows."""
+    if type(stream) is socket.socket:      # plain: no attribute search (every connection)
+        return stream.recv, None
     sslobj = getattr(stream, "_sslobj", None)
     if sslobj is None:
         return stream.recv, None
@@ -316,6 +318,8 @@ def _reading(stream):
 def _writing(stream):
     """send(data) for a stream. TLS: a write that would block raises SSLWantWriteError
     and is retried with the same bytes, as OpenSSL requires."""
+    if type(stream) is socket.socket:
+        return stream.send
     sslobj = getattr(stream, "_sslobj", None)
     return stream.send if sslobj is None else sslobj.write
 
@@ -349,7 +353,7 @@ def linger(sock, seconds: float = 2.0, most: int = 256 * 1024) -> None:
 def end_writes(sock) -> bool:
     """Half-close: tell sock's peer no more bytes come. False when the stream cannot
     (TLS has no half-close: its socket must be closed, which says close_notify)."""
-    if getattr(sock, "_sslobj", None) is not None:
+    if type(sock) is not socket.socket and getattr(sock, "_sslobj", None) is not None:
         return False
     try:
         sock.shutdown(socket.SHUT_WR)
