@@ -12,6 +12,7 @@ import os
 import socket
 import time
 from collections import Counter
+from functools import partial
 
 import gevent
 from gevent import socket as gsocket
@@ -319,7 +320,7 @@ class TcpBalancer:
         conn.relay = relay.Relay(
             client, upstream, state.idle_timeout, conn.to_server, conn.to_client, transform,
             state.tcp_fastclose, reply,
-            on_end=lambda: self.relay_ended(conn, address, client, upstream))
+            on_end=partial(self.relay_ended, conn, address, client, upstream))
         conn.close = conn.relay.close
         conn.relay.start()
 
