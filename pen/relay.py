@@ -133,9 +133,6 @@ class _Direction:
         self.piped = 0
         self.eof = False
 
-    def start(self) -> None:
-        self.reader.start(self.readable)
-
     def stop(self) -> None:
         self.reader.stop()
         if self.writer is not None:

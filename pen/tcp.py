@@ -66,10 +66,6 @@ class Listener:
         self.watcher.close()
         self.socket.close()
 
-    def full(self) -> bool:
-        state = self.balancer.state
-        return len(state.connections) >= state.conn_max
-
     def resume(self) -> None:
         """Accept (again): at start and after a pause for fds."""
         if self.started and not self.watcher.active:
@@ -103,7 +99,7 @@ class Listener:
         family, balancer = self.family, self.balancer
         state, accept, holding = balancer.state, self.socket._accept, balancer.holding
         for _ in range(self.max_accept):
-            full = len(state.connections) >= state.conn_max
+            full = len(state.connections) >= state.conn_max       # -x reached
             try:
                 fd, address = accept()
             except BlockingIOError:
