@@ -16,7 +16,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 HAPROXY_CONF = """\
 global
-    nbthread 1
+    nbthread {nbthread}
     maxconn 4096
     tune.ssl.default-dh-param 2048
 defaults
@@ -58,30 +58,43 @@ class Balancer:
 
 
 class HAProxy(Balancer):
-    def __init__(self):
-        super().__init__("haproxy", "HAProxy", ["haproxy"])
+    """HAProxy with `nbthread` threads (1 unless given: --workers compares N with N)."""
+
+    def __init__(self, threads=None):
+        suffix = "" if threads is None else " nbthread %d" % threads
+        super().__init__("haproxy" if threads is None else "haproxy-t%d" % threads,
+                         "HAProxy" + suffix, ["haproxy"])
+        self.threads = threads or 1
 
     def supports(self, mode):
         return mode != "udp"
 
     def argv(self, tmp, mode, port, backends, cert):
-        conf = os.path.join(tmp, "haproxy-%s.cfg" % mode)
+        conf = os.path.join(tmp, "haproxy-%s-t%d.cfg" % (mode, self.threads))
         ssl = " ssl crt %s" % cert if mode == "tls" else ""
         with open(conf, "w") as f:
-            f.write(HAPROXY_CONF.format(port=port, ssl=ssl, port1=backends[0], port2=backends[1]))
+            f.write(HAPROXY_CONF.format(port=port, ssl=ssl, port1=backends[0], port2=backends[1],
+                                        nbthread=self.threads))
         return ["haproxy", "-db", "-f", conf]
 
 
-def ours(command=None):
+def ours(command=None, workers=None):
     """Our pen: `python3 -m pen` run from the repository (no install needed), or a command
-    given by --ours-cmd / PEN_BENCH_OURS (e.g. "pen" to validate the harness with the C pen)."""
+    given by --ours-cmd / PEN_BENCH_OURS (e.g. "pen" to validate the harness with the C pen).
+    With workers N > 1 it gets `-O "workers N"`; workers 1 is the plain command line (one
+    process, as before the option existed)."""
     command = command or os.environ.get("PEN_BENCH_OURS")
     env = dict(os.environ)
     extra = env.get("PYTHONPATH")
     env["PYTHONPATH"] = REPO + (os.pathsep + extra if extra else "")
-    if command:
-        return Balancer("ours", "ours (%s)" % command, shlex.split(command), env=env, cwd=REPO)
-    return Balancer("ours", "ours", [sys.executable, "-m", "pen"], env=env, cwd=REPO)
+    argv = shlex.split(command) if command else [sys.executable, "-m", "pen"]
+    label = "ours (%s)" % command if command else "ours"
+    if workers is None:
+        return Balancer("ours", label, argv, env=env, cwd=REPO)
+    if workers > 1:
+        argv = argv + ["-O", "workers %d" % workers]
+    return Balancer("ours-w%d" % workers, "%s workers %d" % (label, workers), argv,
+                    env=env, cwd=REPO)
 
 
 # By absolute path: once pen-lb is installed, `pen` on PATH is pen-lb itself, and the
@@ -91,3 +104,10 @@ C_PEN = os.environ.get("PEN_BENCH_CPEN", "/usr/bin/pen")
 
 def all_balancers(ours_command=None):
     return [ours(ours_command), Balancer("cpen", "C pen", [C_PEN]), HAProxy()]
+
+
+def scaling_balancers(counts, ours_command=None):
+    """For --workers: ours and HAProxy at each count (N workers, nbthread N), and the C pen
+    once (one process: it has no workers)."""
+    return ([ours(ours_command, n) for n in counts] + [HAProxy(n) for n in counts]
+            + [Balancer("cpen", "C pen", [C_PEN])])

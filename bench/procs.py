@@ -153,3 +153,38 @@ def run_tool(argv, timeout):
         out = exc.stdout.decode(errors="replace") if exc.stdout else ""
         return -1, out + "\n[timed out after %ss]" % timeout
     return done.returncode, done.stdout.decode(errors="replace")
+
+
+def children(pid):
+    """The child processes of pid (all its threads' /proc/PID/task/TID/children), in pid
+    order: a supervising parent's workers."""
+    found = set()
+    try:
+        tasks = os.listdir("/proc/%d/task" % pid)
+    except OSError:
+        return []
+    for tid in tasks:
+        try:
+            with open("/proc/%d/task/%s/children" % (pid, tid)) as f:
+                found.update(int(c) for c in f.read().split())
+        except (OSError, ValueError):
+            continue
+    return sorted(found)
+
+
+def rss_kib(pid):
+    """Resident set size of pid in KiB (VmRSS in /proc/PID/status), None once it is gone."""
+    try:
+        with open("/proc/%d/status" % pid) as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1])
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def memory(pid):
+    """{"parent": KiB, "workers": [KiB per child, in pid order]} of a balancer process."""
+    workers = [rss_kib(child) for child in children(pid)]
+    return {"parent": rss_kib(pid), "workers": [w for w in workers if w is not None]}

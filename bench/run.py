@@ -2,6 +2,7 @@
 """pen-lb benchmark: our pen vs the C pen vs HAProxy, interleaved, on loopback.
 
     python3 bench/run.py [--quick] [--only tcp|udp|tls] [--json out.json]
+    python3 bench/run.py --workers 1,2 [--only tcp|udp] ...   (scaling over worker processes)
 
 See bench/README.md for what is measured and how to read the table.
 """
@@ -43,6 +44,7 @@ RATE_GOALS = {
     "tls_keepalive": {"cpen": 1.0},
 }
 EFFICIENCY_GOAL = {"cpen": 1.0}
+SCALING_TESTS = ("keepalive", "newconn", "udp")   # what --workers runs at each count
 MIN_CPU_SECONDS = 0.05  # below this the tick counter is too coarse for an efficiency figure
 
 
@@ -64,7 +66,12 @@ def parse_args(argv):
     parser.add_argument("--ours-cmd", metavar="CMD",
                         help='command for "ours" instead of python3 -m pen (also PEN_BENCH_OURS)')
     parser.add_argument("--keep", action="store_true", help="keep the temp dir (configs, logs)")
+    parser.add_argument("--workers", metavar="LIST", type=worker_counts,
+                        help='worker counts to compare, e.g. 1,2: ours with -O "workers N", '
+                             "HAProxy with nbthread N, beside the C pen (1 is always run)")
     args = parser.parse_args(argv)
+    if args.workers and args.only == "tls":
+        parser.error("--workers runs keep-alive, new connections and UDP: not --only tls")
     if args.rounds is None:
         args.rounds = 2 if args.quick else 5
     if args.seconds is None:
@@ -74,6 +81,18 @@ def parse_args(argv):
     if args.rounds < 1 or args.seconds < 1 or args.bulk_mb < 1:
         parser.error("--rounds, --seconds and --bulk-mb must be positive")
     return args
+
+
+def worker_counts(text):
+    """'1,2' -> [1, 2]: the counts --workers compares, sorted, 1 included (the base of
+    every scaling factor)."""
+    try:
+        counts = {int(word) for word in text.split(",")}
+    except ValueError:
+        counts = set()
+    if not counts or min(counts) < 1 or max(counts) > 256:
+        raise argparse.ArgumentTypeError("expected worker counts 1-256 like 1,2, got %r" % text)
+    return sorted(counts | {1})
 
 
 def check_tools(modes):
@@ -91,6 +110,12 @@ class Bench:
         self.modes = [args.only] if args.only else MODES
         self.tests = [t for t in TESTS if t[1] in self.modes]
         self.balancers = balancers.all_balancers(args.ours_cmd)
+        self.workers = getattr(args, "workers", None)
+        if self.workers:
+            self.modes = [m for m in ("tcp", "udp") if m in self.modes]
+            self.tests = [t for t in self.tests if t[0] in SCALING_TESTS]
+            self.balancers = balancers.scaling_balancers(self.workers, args.ours_cmd)
+        self.memory = {}  # (balancer key, mode) -> [procs.memory() after each round's loads]
         self.results = {t[0]: {b.key: [] for b in self.balancers} for t in self.tests}
         self.unavailable = {}  # (balancer key, mode) -> reason, when it cannot run that mode at all
         self.cert = None
@@ -153,6 +178,8 @@ class Bench:
                 self.record(key, balancer, outcome)
                 if "failed" in outcome and proc.poll() is not None:
                     break
+            if proc.poll() is None:
+                self.memory.setdefault((balancer.key, mode), []).append(procs.memory(proc.pid))
         finally:
             procs.stop(proc)
 
@@ -355,6 +382,124 @@ def print_table(bench, summary):
         print("note: " + note)
 
 
+# ---- --workers: the same tests at each worker count -----------------------------------------
+
+def scaling(summary, key, balancer_key, base_key, metric):
+    """metric with N workers over metric with 1 (None where either is missing)."""
+    cell, base = summary[key].get(balancer_key, {}), summary[key].get(base_key, {})
+    if cell.get(metric) is None or not base.get(metric):
+        return None
+    return cell[metric] / base[metric]
+
+
+def median_memory(samples):
+    """The rounds' medians: parent RSS and each worker's (by position), in KiB."""
+    parent = [s["parent"] for s in samples if s["parent"] is not None]
+    most = max((len(s["workers"]) for s in samples), default=0)
+    workers = []
+    for i in range(most):
+        values = [s["workers"][i] for s in samples if len(s["workers"]) > i]
+        workers.append(statistics.median(values))
+    return {"parent": statistics.median(parent) if parent else None, "workers": workers}
+
+
+def mib(kib):
+    return "%.1f" % (kib / 1024)
+
+
+def describe_memory(memory):
+    if memory["parent"] is None:
+        return "n/a"
+    if not memory["workers"]:
+        return "%s (one process)" % mib(memory["parent"])
+    total = memory["parent"] + sum(memory["workers"])
+    return "parent %s, workers %s (total %s)" % (
+        mib(memory["parent"]), " ".join(mib(w) for w in memory["workers"]), mib(total))
+
+
+def short_label(balancer):
+    key = balancer.key
+    if key.startswith("ours-w"):
+        return "ours, workers " + key[len("ours-w"):]
+    if key.startswith("haproxy-t"):
+        return "HAProxy, nbthread " + key[len("haproxy-t"):]
+    return balancer.label
+
+
+def print_scaling(bench, summary):
+    """Per test: a rate and an efficiency row per worker count, with the scaling factors
+    (N over 1) of ours and HAProxy, the C pen beside them; then each process's memory."""
+    head = "%-3s %7s %-10s %14s %7s %14s %7s %14s" % (
+        "", "workers", "metric", "ours", "xN/1", "HAProxy", "xN/1", "C pen")
+    print()
+    print(head)
+    print("-" * len(head))
+    for key, mode, title, unit, eff_unit in bench.tests:
+        print(title)
+        summary_cells = summary[key]
+        cpen = summary_cells.get("cpen", {})
+        for n in bench.workers:
+            for metric, name in (("efficiency", eff_unit), ("rate", unit)):
+                row = []
+                for prefix, base in (("ours-w", "ours-w1"), ("haproxy-t", "haproxy-t1")):
+                    cell = summary_cells.get(prefix + str(n), {})
+                    factor = scaling(summary, key, prefix + str(n), base, metric)
+                    row += ["n/a" if "na" in cell else fmt(cell.get(metric)),
+                            "-" if factor is None else "%.2f" % factor]
+                if mode == "udp":
+                    row[2:4] = ["n/a", "-"]
+                marker = "*" if metric == "efficiency" else " "
+                print("%-3s %7d %-10s %14s %7s %14s %7s %14s" % (
+                    marker, n, name, *row, "n/a" if "na" in cpen else fmt(cpen.get(metric))))
+    print()
+    print("memory after the loads (RSS in MiB, median over the rounds):")
+    for b in bench.balancers:
+        for mode in bench.modes:
+            samples = bench.memory.get((b.key, mode))
+            if samples:
+                print("  %-20s %-4s %s" % (short_label(b), mode, describe_memory(
+                    median_memory(samples))))
+    print()
+    print("* efficiency = units per CPU-second of the balancer: its process and all its")
+    print("  children (every worker). xN/1 = the figure with N workers (HAProxy: nbthread N)")
+    print("  over the figure with 1: the rate row's is the scaling factor; the efficiency row's")
+    print("  should stay near 1.0 (each worker as efficient as one). The C pen is one process")
+    print("  at every N. On a machine whose cores wrk and the backends share, the rate cannot")
+    print("  scale with N; run it on a larger machine to see the factor. Load average at start")
+    print("  %.1f, now %.1f." % (bench.load_at_start, os.getloadavg()[0]))
+    for key, *_ in bench.tests:
+        for b in bench.balancers:
+            cell = summary[key][b.key]
+            if "na" in cell and not (b.key.startswith("haproxy") and key == "udp"):
+                print("note: %s / %s: n/a (%s)" % (key, b.label, cell["na"]))
+
+
+def write_scaling_json(args, bench, summary, elapsed):
+    doc = {
+        "settings": {"rounds": args.rounds, "seconds": args.seconds, "workers": bench.workers,
+                     "only": args.only},
+        "machine": {"cpus": os.cpu_count(), "loadavg": os.getloadavg(),
+                    "kernel": platform.release(), "python": platform.python_version()},
+        "balancers": {b.key: {"label": b.label, "command": b.base_argv} for b in bench.balancers},
+        "elapsed_seconds": round(elapsed, 1),
+        "tests": {},
+        "memory_kib": {"%s/%s" % key: {"rounds": samples, "median": median_memory(samples)}
+                       for key, samples in bench.memory.items()},
+    }
+    for key, _mode, title, unit, eff_unit in bench.tests:
+        factors = {}
+        for n in bench.workers:
+            for prefix in ("ours-w", "haproxy-t"):
+                for metric in ("rate", "efficiency"):
+                    factors["%s%d_%s" % (prefix, n, metric)] = scaling(
+                        summary, key, "%s%d" % (prefix, n), prefix + "1", metric)
+        doc["tests"][key] = {"title": title, "unit": unit, "efficiency_unit": eff_unit,
+                             "results": summary[key], "scaling": factors}
+    with open(args.json, "w") as f:
+        json.dump(doc, f, indent=2)
+    print("wrote " + args.json)
+
+
 def main(argv=None):
     args = parse_args(sys.argv[1:] if argv is None else argv)
     bench_modes = [args.only] if args.only else MODES
@@ -372,11 +517,17 @@ def main(argv=None):
         bench.start_backends()
         bench.run()
         summary = bench.summary()
-        print_table(bench, summary)
+        if bench.workers:
+            print_scaling(bench, summary)
+        else:
+            print_table(bench, summary)
         elapsed = time.monotonic() - started
         print("total time %.0fs" % elapsed)
         if args.json:
-            write_json(args, bench, summary, elapsed)
+            if bench.workers:
+                write_scaling_json(args, bench, summary, elapsed)
+            else:
+                write_json(args, bench, summary, elapsed)
     except KeyboardInterrupt:
         sys.exit("bench/run.py: interrupted")
     except RuntimeError as exc:

@@ -74,7 +74,7 @@ class Relay:
     def start(self) -> None:
         """Watch both sources (and the idle time); from here on the loop moves the bytes."""
         for direction in self.directions:
-            direction.start()
+            direction.reader.start(direction.readable)
         if self.idle:
             self.check_idle()
 
@@ -118,8 +118,11 @@ class _Direction:
     def __init__(self, relay, loop, src, dst, count, transform, fastclose) -> None:
         self.relay, self.src, self.dst = relay, src, dst
         self.count, self.transform, self.fastclose = count, transform, fastclose
-        self.recv, self.buffered = _reading(src)
-        self.send = _writing(dst)
+        if type(src) is socket.socket:     # (the usual case, without a call)
+            self.recv, self.buffered = src.recv, None
+        else:
+            self.recv, self.buffered = _reading(src)
+        self.send = dst.send if type(dst) is socket.socket else _writing(dst)
         self.reader = loop.io(src.fileno(), _READ)
         self.writer = None                 # made when dst first pushes back
         self.pending = None
@@ -129,9 +132,6 @@ class _Direction:
         self.pipe = None
         self.piped = 0
         self.eof = False
-
-    def start(self) -> None:
-        self.reader.start(self.readable)
 
     def stop(self) -> None:
         self.reader.stop()
@@ -150,9 +150,10 @@ class _Direction:
     # reading ----------------------------------------------------------------------------
 
     def readable(self) -> None:
-        for _ in range(ROUNDS):
-            if not self.move():
-                return
+        if self.move():                    # mostly a single chunk: no loop set up for it
+            for _ in range(ROUNDS - 1):
+                if not self.move():
+                    return
 
     def move(self) -> bool:
         """Move one chunk; True if src may have more right now (it filled the buffer, or
@@ -184,8 +185,16 @@ class _Direction:
             self.bulk_left -= n
             if self.bulk_left <= 0:
                 self.start_splicing()
-        if data and not self.write(data):
-            return False
+        if data:                           # write(data), inlined: once per chunk
+            try:
+                sent = self.send(data)
+            except _WAIT:
+                sent = 0
+            except OSError as e:
+                self.fail(e)
+                return False
+            if sent != len(data):
+                return self.hold(data, sent)
         return n == BUFSIZE or (self.buffered is not None and self.buffered() > 0)
 
     def refuse(self, refusal: Rejected) -> None:
@@ -230,6 +239,11 @@ class _Direction:
         if sent == len(data):
             self.pending = None
             return True
+        return self.hold(data, sent)
+
+    def hold(self, data, sent: int) -> bool:
+        """dst took only sent bytes: keep the rest pending, read no more until it is
+        writable. (Reading runs only while nothing is pending: move() needs no reset.)"""
         self.pending = memoryview(data)[sent:]
         if not self.waiting_to_write():
             self.wait_writable()
@@ -307,6 +321,8 @@ class _Direction:
 def _reading(stream):
     """(recv, buffered) for a stream: a TLS socket reads through its record layer, and
     may hold decrypted bytes (buffered() > 0) that its fd no longer shows."""
+    if type(stream) is socket.socket:      # plain: no attribute search (every connection)
+        return stream.recv, None
     sslobj = getattr(stream, "_sslobj", None)
     if sslobj is None:
         return stream.recv, None
@@ -316,6 +332,8 @@ def _reading(stream):
 def _writing(stream):
     """send(data) for a stream. TLS: a write that would block raises SSLWantWriteError
     and is retried with the same bytes, as OpenSSL requires."""
+    if type(stream) is socket.socket:
+        return stream.send
     sslobj = getattr(stream, "_sslobj", None)
     return stream.send if sslobj is None else sslobj.write
 
@@ -349,7 +367,7 @@ def linger(sock, seconds: float = 2.0, most: int = 256 * 1024) -> None:
 def end_writes(sock) -> bool:
     """Half-close: tell sock's peer no more bytes come. False when the stream cannot
     (TLS has no half-close: its socket must be closed, which says close_notify)."""
-    if getattr(sock, "_sslobj", None) is not None:
+    if type(sock) is not socket.socket and getattr(sock, "_sslobj", None) is not None:
         return False
     try:
         sock.shutdown(socket.SHUT_WR)

@@ -56,10 +56,20 @@ def _by_mode(state: State, ip, port, now: float) -> Server | None:
     if state.prio:          # as pen: the lowest prio, and of equals the first in order
         return min((s for s in servers if available(state, s, ip, now)),
                    key=lambda s: s.prio, default=None)
+    slowstart = state.health.slowstart
+    if not state.weight and slowstart <= 0:
+        # plain round-robin: the first available server in the rotation (no list built,
+        # no server past it checked: this runs for every connection)
+        n, start = len(servers), state.rr_cursor + 1
+        for i in range(n):
+            server = servers[(start + i) % n]
+            if available(state, server, ip, now):
+                state.rr_cursor = server.index
+                return server
+        return None
     ring = [s for s in _rotation(servers, state.rr_cursor + 1) if available(state, s, ip, now)]
     if not ring:
         return None
-    slowstart = state.health.slowstart
     if state.weight:
         chosen = min(ring, key=lambda s: s.conn / (max(s.weight, 1) * share(s, now, slowstart)))
     elif slowstart > 0:
@@ -68,8 +78,6 @@ def _by_mode(state: State, ip, port, now: float) -> Server | None:
         chosen = next((s for s in ring if admit(s, now, slowstart)), ring[0])
         state.rr_cursor = ring[0].index
         return chosen
-    else:
-        chosen = ring[0]
     state.rr_cursor = chosen.index
     return chosen
 

@@ -115,6 +115,6 @@ def source_hook(state) -> ConnectHook:
     """`source IP`: connect to the servers from a fixed local address (read on every
     connect: the setting may change while pen runs)."""
     def hook(sock, server, client_address):
-        if server.endpoint.family != socket.AF_UNIX and state.source:
+        if state.source and server.endpoint.family != socket.AF_UNIX:
             sock.bind((state.source, 0))
     return hook

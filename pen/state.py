@@ -316,7 +316,10 @@ class State:
         taken, wrapping at conn_max (so a lone client's connections all get slot 0)."""
         slot, taken = self.last_slot, self.connections
         if slot in taken or slot >= self.conn_max:
-            slot = self._next_free_slot(slot)
+            if slot + 1 < self.conn_max and slot + 1 not in taken:
+                slot += 1                 # the usual answer, without the search
+            else:
+                slot = self._next_free_slot(slot)
         self.last_slot = slot
         conn = taken[slot] = self.connection(slot, client)
         self.accepted += 1

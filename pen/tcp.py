@@ -12,6 +12,7 @@ import os
 import socket
 import time
 from collections import Counter
+from functools import partial
 
 import gevent
 from gevent import socket as gsocket
@@ -27,6 +28,7 @@ from .sockets import OUT_OF_FDS, bind, connect_within, server_socket, set_option
 from .state import Connection, Server, State
 
 log = logging.getLogger("pen")
+DEBUG = logging.DEBUG
 
 
 class Closed(Exception):
@@ -64,10 +66,6 @@ class Listener:
         self.watcher.close()
         self.socket.close()
 
-    def full(self) -> bool:
-        state = self.balancer.state
-        return len(state.connections) >= state.connection_limit()
-
     def resume(self) -> None:
         """Accept (again): at start and after a pause for fds."""
         if self.started and not self.watcher.active:
@@ -86,10 +84,11 @@ class Listener:
         """A read callback on the listen socket: take up to max_accept clients, register
         each as a connection (so -x counts it at once) and hand it to a worker."""
         family, balancer = self.family, self.balancer
+        state, accept, holding = balancer.state, self.socket._accept, balancer.holding
         for _ in range(self.max_accept):
-            full = self.full()
+            full = len(state.connections) >= state.connection_limit()     # -x reached
             try:
-                fd, address = self.socket._accept()
+                fd, address = accept()
             except BlockingIOError:
                 return
             except OSError as e:
@@ -107,13 +106,13 @@ class Listener:
                 log.debug("accept: %s", e)
                 os.close(fd)
                 continue
-            key = _address_key(address)
+            key = address[0] if type(address) is tuple else _address_key(address)
             if full and not self.make_room(key):
                 client.close()
                 continue
             client.setblocking(False)
-            conn = balancer.state.open_connection(address)
-            balancer.holding[key] += 1
+            conn = state.open_connection(address)
+            holding[key] += 1
             workers.spawn(balancer.handle, conn, client, address)
             if full:          # the evicted one ends before the next accept: one at a time
                 return
@@ -220,7 +219,8 @@ class TcpBalancer:
         except BaseException:
             sock.close()
             raise
-        set_options(sock, self.state)
+        if self.state.tcp_nodelay or self.state.keepalive:
+            set_options(sock, self.state)
         return sock
 
     def connect_server(self, ip, conn: Connection, accepted):
@@ -262,9 +262,11 @@ class TcpBalancer:
                 log.info("no server for %s", peer)
                 return
             upstream, server = found
-            log.debug("connection %d: %s to server %d (%s)", conn.id, ip, server.index,
-                      server.endpoint)
-            set_options(client, state)
+            if log.isEnabledFor(DEBUG):
+                log.debug("connection %d: %s to server %d (%s)", conn.id, ip, server.index,
+                          server.endpoint)
+            if state.tcp_nodelay or state.keepalive:
+                set_options(client, state)
             conn.downfd, conn.upfd = client.fileno(), upstream.fileno()
             state.track(conn, ip, server, time.time())
             self.relay(conn, client, upstream, ip, address)
@@ -277,10 +279,11 @@ class TcpBalancer:
 
     def finish(self, conn: Connection, address, client, upstream) -> None:
         """The connection ended (its relay, or before one): count it out, close both."""
-        log.debug("connection %d closed: %d bytes to the server, %d to the client",
-                  conn.id, conn.sx, conn.rx)
+        if log.isEnabledFor(DEBUG):
+            log.debug("connection %d closed: %d bytes to the server, %d to the client",
+                      conn.id, conn.sx, conn.rx)
         self.state.close_connection(conn)
-        _release(self.holding, _address_key(address))
+        _release(self.holding, address[0] if type(address) is tuple else _address_key(address))
         conn.close = conn.relay = None          # (a cycle through the closures otherwise)
         _close(client, upstream)
         self.listener.resume()
@@ -324,7 +327,7 @@ class TcpBalancer:
         conn.relay = relay.Relay(
             client, upstream, state.idle_timeout, conn.to_server, conn.to_client, transform,
             state.tcp_fastclose, reply,
-            on_end=lambda: self.relay_ended(conn, address, client, upstream))
+            on_end=partial(self.relay_ended, conn, address, client, upstream))
         conn.close = conn.relay.close
         conn.relay.start()
 
