@@ -33,7 +33,7 @@ def penctl(port: int, *words: str) -> str:
 
 
 def get(port: int, source: str, path: str = "/") -> dict:
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10,
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30,
                                       source_address=(source, 0))
     try:
         conn.request("GET", path, headers={"Connection": "close"})
@@ -66,8 +66,10 @@ def alive(pid: int) -> bool:
 
 
 def workers_of(pen, count: int) -> list[int]:
+    """The workers' pids once there are count of them (a loaded machine starts Python
+    slowly: 30 s)."""
     return wait_for(lambda: len(children(pen.proc.pid)) == count and
-                    children(pen.proc.pid), what=f"{count} workers")
+                    children(pen.proc.pid), timeout=30, what=f"{count} workers")
 
 
 @pytest.fixture(autouse=True)
