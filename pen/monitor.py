@@ -17,7 +17,7 @@ import time
 import gevent
 from gevent.event import Event
 
-from . import health, metrics, probes, workers
+from . import greenlets, health, metrics, probes
 from .state import Server, State
 
 log = logging.getLogger("pen")
@@ -125,7 +125,7 @@ class Monitor:
             if self.due.get(index) != when or index in self.running or index >= len(servers):
                 continue                 # rescheduled, dropped, or its check still runs
             self.running.add(index)
-            workers.spawn(self.check, servers[index])   # a parked greenlet: no new stack
+            greenlets.spawn(self.check, servers[index])   # a parked greenlet: no new stack
 
     def check_now(self, server: Server) -> None:
         """Check server at once, but not sooner than MIN_GAP of an interval after its last."""

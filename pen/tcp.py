@@ -1,6 +1,6 @@
 """The TCP balancer on gevent: accept, choose a server, connect (failing over), relay.
 
-Every connection is a greenlet (a reused one: workers.py) that chooses a server, connects,
+Every connection is a greenlet (a reused one: greenlets.py) that chooses a server, connects,
 fails over, waits while relay.py moves the bytes, and cleans up. All decisions are the pure
 core's (select.candidates); this module and relay.py only move bytes.
 """
@@ -18,7 +18,7 @@ import gevent
 from gevent import socket as gsocket
 from greenlet import getcurrent
 
-from . import evict, relay, workers
+from . import evict, greenlets, relay
 from .addr import client_ip
 from .http import Requests
 from .logs import ConnectionLog, Throttled
@@ -113,7 +113,7 @@ class Listener:
             client.setblocking(False)
             conn = state.open_connection(address)
             holding[key] += 1
-            workers.spawn(balancer.handle, conn, client, address)
+            greenlets.spawn(balancer.handle, conn, client, address)
             if full:          # the evicted one ends before the next accept: one at a time
                 return
 
@@ -340,7 +340,7 @@ class TcpBalancer:
         self.state.count("http_rejected")
         log.debug("connection %d: %s: answered %d", conn.id, refused, refused.status)
         _close(upstream)
-        workers.spawn(self.linger_then_finish, conn, address, client)
+        greenlets.spawn(self.linger_then_finish, conn, address, client)
 
     def linger_then_finish(self, conn: Connection, address, client) -> None:
         relay.linger(client)

@@ -16,7 +16,7 @@ LAYERS = {
     "command line": {"__main__", "cli", "penctl", "setup_host", "service"},
     "process": {"runtime", "daemon", "demo", "upgrade", "notify", "group", "member"},
     "input/output": {"balancer", "tcp", "tls", "udp", "dsr", "control", "relay",
-                     "transparent", "sockets", "logs", "mmsg", "workers", "vrrp",
+                     "transparent", "sockets", "logs", "mmsg", "greenlets", "vrrp",
                      "probes", "monitor", "metrics", "board", "steering"},
     "pure core": {"__init__", "state", "select", "commands", "hooks", "acl", "addr", "http",
                   "status", "udptable", "dsr_frames", "dsr_slots", "tls_contexts", "errors",

@@ -17,7 +17,7 @@ KEEP = 256
 _TASK = object()           # marks a switch that hands a parked worker its next task
 
 
-class Workers:
+class Pool:
     def __init__(self, keep: int = KEEP) -> None:
         self.hub = gevent.get_hub()
         self.idle: list[greenlet] = []
@@ -53,12 +53,12 @@ class Workers:
                 return got[1], got[2]
 
 
-_workers: Workers | None = None
+_pool: Pool | None = None
 
 
 def spawn(task, *args) -> greenlet:
-    """Workers of this process's hub (created on first use, after any fork)."""
-    global _workers
-    if _workers is None or _workers.hub is not gevent.get_hub():
-        _workers = Workers()
-    return _workers.spawn(task, *args)
+    """The pool of this process's hub (created on first use, after any fork)."""
+    global _pool
+    if _pool is None or _pool.hub is not gevent.get_hub():
+        _pool = Pool()
+    return _pool.spawn(task, *args)

@@ -3,11 +3,11 @@
 import gevent
 from gevent.event import Event
 
-from pen.workers import Workers
+from pen.greenlets import Pool
 
 
 def test_a_finished_worker_takes_the_next_task():
-    workers = Workers(keep=4)
+    workers = Pool(keep=4)
     ran, done = [], Event()
     first = workers.spawn(ran.append, "a")
     gevent.sleep(0)
@@ -18,7 +18,7 @@ def test_a_finished_worker_takes_the_next_task():
 
 
 def test_tasks_that_wait_get_workers_of_their_own():
-    workers = Workers(keep=2)
+    workers = Pool(keep=2)
     go, finished = Event(), []
     for n in range(5):
         workers.spawn(lambda n=n: (go.wait(), finished.append(n)))
@@ -31,7 +31,7 @@ def test_tasks_that_wait_get_workers_of_their_own():
 
 
 def test_an_error_is_reported_and_the_worker_lives_on(capsys):
-    workers = Workers(keep=4)
+    workers = Pool(keep=4)
     worker = workers.spawn(lambda: 1 / 0)
     gevent.sleep(0)
     assert "ZeroDivisionError" in capsys.readouterr().err
@@ -43,7 +43,7 @@ def test_an_error_is_reported_and_the_worker_lives_on(capsys):
 
 
 def test_a_late_wake_up_does_not_start_anything():
-    workers = Workers(keep=4)
+    workers = Pool(keep=4)
     worker = workers.spawn(lambda: None)
     gevent.sleep(0)
     gevent.get_hub().loop.run_callback(worker.switch, "stray")
