@@ -57,7 +57,8 @@ _pool: Pool | None = None
 
 
 def spawn(task, *args) -> greenlet:
-    """The pool of this process's hub (created on first use, after any fork)."""
+    """task(*args) in a parked greenlet of this hub's pool (made on first use, and anew
+    after a fork)."""
     global _pool
     if _pool is None or _pool.hub is not gevent.get_hub():
         _pool = Pool()
