@@ -38,7 +38,7 @@ from .errors import CommandError, UsageError
 from .logs import set_debug, setup_logging
 from .member import ENV, HEARTBEAT, ChannelError, recv_frame, send_frame
 from .notify import notify
-from .runtime import Options, check_transparent, report, socktype
+from .runtime import Options, announce, check_transparent, handle_signals, report, socktype
 from .sockets import bind
 from .state import Client, Connection, State
 
@@ -333,11 +333,7 @@ class Group:
     # the main loop ----------------------------------------------------------------------
 
     def serve(self) -> int:
-        gevent.signal_handler(signal.SIGTERM, self.shutdown)
-        gevent.signal_handler(signal.SIGINT, self.shutdown)
-        gevent.signal_handler(signal.SIGHUP, self.reload)
-        gevent.signal_handler(signal.SIGUSR1, self.report)
-        gevent.signal_handler(signal.SIGUSR2, self.upgrade)
+        handle_signals(self)
         inherited = self.clients_by_row()
         for worker in self.workers:
             try:
@@ -354,13 +350,8 @@ class Group:
         log.info("pen-lb listening on %s with %d workers, %d servers", self.state.listen,
                  len(self.workers), len(self.state.servers))
         if self.inheritance is not None:           # an upgrade: the old group may retire
-            self.await_heartbeats()
-            if self.opts.pidfile:
-                daemon.write_pidfile(self.opts.pidfile)
-            self.inheritance.ready()
-            notify(f"MAINPID={os.getpid()}", "READY=1")
-        else:
-            notify("READY=1")
+            self.await_heartbeats()                # once every new worker serves
+        announce(self.inheritance, self.opts.pidfile)
         if self.started is not None:
             self.started()
         self.stopping.wait()

@@ -155,11 +155,7 @@ class Runtime:
         """Serve until told to stop, then drain; the exit status."""
         state = self.state
         self.open_log()
-        gevent.signal_handler(signal.SIGTERM, self.shutdown)
-        gevent.signal_handler(signal.SIGINT, self.shutdown)
-        gevent.signal_handler(signal.SIGHUP, self.reload)
-        gevent.signal_handler(signal.SIGUSR1, self.report)
-        gevent.signal_handler(signal.SIGUSR2, self.upgrade)
+        handle_signals(self)
         self.balancer.start()
         if self.control is not None:
             self.control.start()
@@ -168,13 +164,7 @@ class Runtime:
         else:
             self.member.start(self)
         log.info("pen-lb listening on %s, %d servers", state.listen, len(state.servers))
-        if self.inheritance is not None:          # an upgrade: the old copy may retire now
-            if self.opts.pidfile:
-                daemon.write_pidfile(self.opts.pidfile)
-            self.inheritance.ready()
-            notify(f"MAINPID={os.getpid()}", "READY=1")
-        else:
-            notify("READY=1")
+        announce(self.inheritance, self.opts.pidfile)
         # What start-up built lives as long as we do: not the GC's work. A connection leaves
         # no cycles behind, so the young generation is collected 30x less often than by
         # default (it was a tenth of the user time per new connection).
@@ -262,6 +252,27 @@ class Runtime:
 
     def report(self) -> None:
         report(self.state)
+
+
+def handle_signals(process) -> None:
+    """pen's signals, for a Runtime or a worker group's parent (group.Group)."""
+    gevent.signal_handler(signal.SIGTERM, process.shutdown)
+    gevent.signal_handler(signal.SIGINT, process.shutdown)
+    gevent.signal_handler(signal.SIGHUP, process.reload)
+    gevent.signal_handler(signal.SIGUSR1, process.report)
+    gevent.signal_handler(signal.SIGUSR2, process.upgrade)
+
+
+def announce(inheritance, pidfile: str | None) -> None:
+    """We serve: after an upgrade tell the old copy (it may retire) and write the pid file
+    only now; tell systemd, with our pid after an upgrade."""
+    if inheritance is not None:
+        if pidfile:
+            daemon.write_pidfile(pidfile)
+        inheritance.ready()
+        notify(f"MAINPID={os.getpid()}", "READY=1")
+    else:
+        notify("READY=1")
 
 
 def report(state: State) -> None:
