@@ -135,6 +135,7 @@ class Group:
         fds = [worker.listen.fileno(), self.board_fd, theirs.fileno()]
         env = dict(os.environ, **{ENV: ",".join(map(str, [worker.row, len(self.workers),
                                                             *fds]))})
+        env.pop("NOTIFY_SOCKET", None)          # systemd hears the parent alone
         try:
             worker.process = gsubprocess.Popen(
                 [sys.executable, "-m", "pen", *self.opts.argv], cwd=self.opts.cwd, env=env,

@@ -418,3 +418,27 @@ def test_without_steering_pen_says_so_and_serves_with_one_worker(start_pen, back
     assert children(pen.proc.pid) == []
     assert "workers: the kernel cannot steer clients" in pen.output()
     assert "serving with 1 worker" in pen.output()
+
+
+def test_systemd_hears_the_parent_alone(start_pen, backends, tmp_path):
+    path = str(tmp_path / "notify.sock")
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    listener.bind(path)
+    listener.settimeout(30)
+    with listener:
+        pen, port = start_pen("-O", "workers 2", servers=[backends[0].spec],
+                              env={"NOTIFY_SOCKET": path})
+        workers_of(pen, 2)
+        assert listener.recv(512) == b"READY=1"
+        wait_for(lambda: get(port, ADDRESSES[0]) and get(port, ADDRESSES[1]),
+                 what="both workers serving")      # (a worker's READY=1 would be here)
+        pen.proc.send_signal(signal.SIGTERM)
+        assert pen.proc.wait(30) == 0
+        listener.settimeout(0.5)
+        messages = []
+        try:
+            while True:
+                messages.append(listener.recv(512))
+        except TimeoutError:
+            pass
+        assert messages == [b"STOPPING=1"], messages
