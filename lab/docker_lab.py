@@ -231,6 +231,13 @@ class DockerLab:
         result = self.boxes[name].exec_run(argv)
         return result.exit_code, result.output.decode(errors="replace")
 
+    def must(self, name, script, what, timeout=30):
+        """run(), where a failure is the lab's: LabError "what: output"; else the output."""
+        code, out = self.run(name, script, timeout)
+        if code != 0:
+            raise LabError(f"{what}: {out.strip()}")
+        return out
+
     def wait_for(self, check, what, timeout=15, interval=0.2):
         wait_for(check, timeout, interval, what=what)
 
@@ -371,18 +378,15 @@ class DockerLab:
                     "ip route add local 0.0.0.0/0 dev lo table 100"]
         code, _ = self.run("penbox", "iptables -t mangle -L DIVERT -n >/dev/null 2>&1", 5)
         if code != 0:
-            code, out = self.run("penbox", " && ".join(commands), 10)
-            if code != 0:
-                raise LabError(f"transparent setup failed in the pen box: {out.strip()}")
+            self.must("penbox", " && ".join(commands), "transparent setup failed in the pen box",
+                      10)
         return commands
 
     def make_certificate(self):
         cert, key = "/tmp/lab-cert.pem", "/tmp/lab-key.pem"
-        code, out = self.run("penbox", f"[ -s {cert} ] || openssl req -x509 -newkey rsa:2048 "
-                                       f"-nodes -days 2 -subj /CN=pen.lab -keyout {key} "
-                                       f"-out {cert} 2>&1", 30)
-        if code != 0:
-            raise LabError(f"openssl failed in the pen box: {out.strip()}")
+        self.must("penbox", f"[ -s {cert} ] || openssl req -x509 -newkey rsa:2048 -nodes "
+                            f"-days 2 -subj /CN=pen.lab -keyout {key} -out {cert} 2>&1",
+                  "openssl failed in the pen box")
         return cert, key
 
     def dig(self, client, name, qtype):
@@ -486,9 +490,8 @@ class DockerLab:
                 s, f"ip route replace {back_route} via {self.pen_server_side}", 5))
             client_net.connect(box, ipv4_address=address)
             done.append(lambda b=box: client_net.disconnect(b))
-            code, out = self.run(server, f"ip addr add {vip}/32 dev lo", 5)
-            if code != 0:
-                raise LabError(f"cannot put the VIP on {server}'s loopback: {out.strip()}")
+            self.must(server, f"ip addr add {vip}/32 dev lo",
+                      f"cannot put the VIP on {server}'s loopback", 5)
             done.append(lambda s=server: self.run(s, f"ip addr del {vip}/32 dev lo", 5))
             before = self._sysctls(server, {"net.ipv4.conf.all.arp_ignore": "1",
                                             "net.ipv4.conf.all.arp_announce": "2"})

@@ -69,9 +69,7 @@ class HaLab(DockerLab):
         returns what it ran, for narration."""
         client_if = self.client_if(box)
         setup = shlex.join(setup_argv(box, client_if, self.preempt))
-        code, out = self.run(box, setup + " 2>&1", 20)
-        if code != 0:
-            raise LabError(f"pen-setup vrrp failed in {box}: {out.strip()}")
+        self.must(box, setup + " 2>&1", f"pen-setup vrrp failed in {box}", 20)
         watch = (f"python3 -m pen.vrrp watch {PEN_PID} --check 127.0.0.1:{CONTROL_PORT} "
                  f"--file /run/pen-vrrp/pen-running")
         keepalived = f"keepalived -n -l -D -f {KEEPALIVED_CONF}"
@@ -221,18 +219,13 @@ class HaLab(DockerLab):
         setup = (f"iptables -N {CHAIN} 2>/dev/null; "
                  f"for hook in INPUT OUTPUT; do iptables -C $hook -j {CHAIN} 2>/dev/null || "
                  f"iptables -I $hook -j {CHAIN}; done")
-        code, out = self.run(box, " && ".join([f"{{ {setup}; }}",
-                                               *(f"iptables -A {CHAIN} {r}" for r in rules)]),
-                             10)
-        if code != 0:
-            raise LabError(f"iptables in {box}: {out.strip()}")
-        return [f"iptables -A {CHAIN} {r}" for r in rules]
+        added = [f"iptables -A {CHAIN} {r}" for r in rules]
+        self.must(box, " && ".join([f"{{ {setup}; }}", *added]), f"iptables in {box}", 10)
+        return added
 
     def unblock(self, box, rule):
         command = f"iptables -D {CHAIN} {rule}"
-        code, out = self.run(box, command + " 2>&1", 10)
-        if code != 0:
-            raise LabError(f"iptables in {box}: {out.strip()}")
+        self.must(box, command + " 2>&1", f"iptables in {box}", 10)
         return command
 
     def own_address(self, box):
@@ -243,9 +236,7 @@ class HaLab(DockerLab):
         """Pull the box's client-net cable: its link goes down (iptables would not stop
         ARP, and the clients would keep finding the VIP at the box nobody hears)."""
         command = f"ip link set {self.client_if(box)} down"
-        code, out = self.run(box, command + " 2>&1", 10)
-        if code != 0:
-            raise LabError(f"cannot cut {box} off: {out.strip()}")
+        self.must(box, command + " 2>&1", f"cannot cut {box} off", 10)
         return command
 
     def heal(self, box):

@@ -11,8 +11,8 @@ import pytest
 PEN = os.environ.get("PEN_LAB_PEN", "py")
 
 
-@pytest.fixture(scope="session")
-def lab():
+def bring_up(topology):
+    """The docker lab of a topology, up for the fixture's scope, then removed."""
     from pen_lab import docker_lab
     from pen_lab.errors import LabError
     try:
@@ -22,11 +22,22 @@ def lab():
             pytest.fail(f"PEN_LAB_REQUIRE_DOCKER=1 but {err}", pytrace=False)
         pytest.skip(str(err))
     try:
-        running = docker_lab.up(engine, print, pen=PEN)
+        running = docker_lab.up(engine, print, topology=topology, pen=PEN)
     except LabError as err:
         pytest.fail(str(err), pytrace=False)
     yield running
     docker_lab.down(engine, lambda _: None)
+
+
+@pytest.fixture(scope="session")
+def lab():
+    yield from bring_up("classic")
+
+
+@pytest.fixture(scope="module")
+def ha_lab():
+    """The HA pair (two pen boxes, keepalived), for test_ha.py's module."""
+    yield from bring_up("ha")
 
 
 HA_OUTAGES = []  # "scenario: measured outage (bound)" lines, printed after the run

@@ -17,24 +17,6 @@ PEN = os.environ.get("PEN_LAB_PEN", "py")
 pytestmark = pytest.mark.docker
 
 
-@pytest.fixture(scope="module")
-def ha_lab():
-    from pen_lab import docker_lab
-    from pen_lab.errors import LabError
-    try:
-        engine = docker_lab.connect()
-    except LabError as err:
-        if os.environ.get("PEN_LAB_REQUIRE_DOCKER") == "1":
-            pytest.fail(f"PEN_LAB_REQUIRE_DOCKER=1 but {err}", pytrace=False)
-        pytest.skip(str(err))
-    try:
-        running = docker_lab.up(engine, print, topology="ha", pen=PEN)
-    except LabError as err:
-        pytest.fail(str(err), pytrace=False)
-    yield running
-    docker_lab.down(engine, lambda _: None)
-
-
 def play(name, lab):
     story = Story()
     run_scenario(name, lab, story)
