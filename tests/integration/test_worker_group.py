@@ -32,6 +32,10 @@ def penctl(port: int, *words: str) -> str:
     return data.decode()
 
 
+def status_of(ctl: int) -> dict:
+    return json.loads(penctl(ctl, "status", "json"))
+
+
 def get(port: int, source: str, path: str = "/") -> dict:
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30,
                                       source_address=(source, 0))
@@ -49,6 +53,13 @@ def hold(port: int, source: str) -> socket.socket:
     sock.sendall(b"GET /bytes/1 HTTP/1.1\r\nHost: x\r\n\r\n")
     assert sock.recv(1024).startswith(b"HTTP/1.1 200"), source
     return sock
+
+
+def by_worker(workers: int) -> dict[int, list[str]]:
+    """ADDRESSES by the worker the steering program sends each to."""
+    from pen.steering import worker_for
+    return {row: [a for a in ADDRESSES if worker_for(a, workers) == row]
+            for row in range(workers)}
 
 
 def children(pid: int) -> list[int]:
@@ -104,7 +115,7 @@ def test_fifty_addresses_twenty_connections_each_always_one_server(group):
             seen[address].add(get(port, address)["name"])
     moved = {a: s for a, s in seen.items() if len(s) != 1}
     assert not moved, f"addresses that reached several servers: {moved}"
-    status = json.loads(penctl(ctl, "status", "json"))
+    status = status_of(ctl)
     clients = [c for c in status["clients"] if c["address"] in seen]   # (not the probes')
     assert len(clients) == 50 and all(c["connects"] == 20 for c in clients)
     # both workers took clients: a client's slot in the group is its worker's slot * 2 + row
@@ -140,7 +151,7 @@ def test_servers_connection_and_close_answer_for_the_group(group):
         sock = socket.create_connection(("127.0.0.1", port), source_address=(address, 0))
         sock.sendall(b"GET /bytes/10 HTTP/1.1\r\nHost: x\r\n\r\n")
         held.append(sock)
-    status = wait_for(lambda: (s := json.loads(penctl(ctl, "status", "json")))
+    status = wait_for(lambda: (s := status_of(ctl))
                       and len(s["connections"]) == 10 and s, what="10 connections")
     assert sum(s["connections"] for s in status["servers"]) == 10
     servers = penctl(ctl, "servers")
@@ -152,7 +163,7 @@ def test_servers_connection_and_close_answer_for_the_group(group):
     shown = penctl(ctl, "connection", str(victim))
     assert shown.startswith(f"Connection {victim}:") and f"client address = {client}" in shown
     assert penctl(ctl, "close", str(victim)) == f"Forcibly closing connection {victim}\n"
-    wait_for(lambda: len(json.loads(penctl(ctl, "status", "json"))["connections"]) == 9,
+    wait_for(lambda: len(status_of(ctl)["connections"]) == 9,
              what="the closed connection to go")
     for sock in held:
         sock.close()
@@ -166,7 +177,7 @@ def test_a_failure_one_worker_sees_blacklists_the_server_for_all(start_pen, back
     workers_of(pen, 2)
     for address in ADDRESSES:                    # clients on both workers
         assert get(port, address)["name"] == "s0"
-    status = json.loads(penctl(ctl, "status", "json"))
+    status = status_of(ctl)
     dead_server = status["servers"][0]
     assert dead_server["state"] == "blacklisted"
     assert dead_server["failures"] == 1, "each worker tried the dead server itself"
@@ -186,7 +197,7 @@ def test_settings_reach_every_worker_and_errors_reach_none(group):
 def test_a_killed_worker_comes_back_on_the_same_socket(group):
     pen, port, ctl = group
     before = {a: get(port, a)["name"] for a in ADDRESSES}
-    status = json.loads(penctl(ctl, "status", "json"))
+    status = status_of(ctl)
     row_of = {c["address"]: c["slot"] % 2 for c in status["clients"] if c["address"] in before}
     victim = next(w["pid"] for w in status["workers"] if w["row"] == 0)
     os.kill(victim, signal.SIGKILL)
@@ -194,7 +205,7 @@ def test_a_killed_worker_comes_back_on_the_same_socket(group):
              len(children(pen.proc.pid)) == 2, what="a new worker")
     assert f"worker 0 (pid {victim}) ended (killed by signal 9)" in pen.output()
     after = {a: get(port, a)["name"] for a in ADDRESSES}
-    status = json.loads(penctl(ctl, "status", "json"))
+    status = status_of(ctl)
     # the same addresses reach the new worker 0 (same socket, same steering index)...
     assert {c["address"]: c["slot"] % 2 for c in status["clients"]
             if c["address"] in before} == row_of
@@ -206,7 +217,7 @@ def test_a_killed_worker_comes_back_on_the_same_socket(group):
 
 def test_a_stuck_worker_is_killed_and_replaced(group):
     pen, port, ctl = group
-    beating = wait_for(lambda: (s := json.loads(penctl(ctl, "status", "json"))["workers"])
+    beating = wait_for(lambda: (s := status_of(ctl)["workers"])
                        and all(w["heartbeat_age"] < 1 for w in s) and s, what="heartbeats")
     victim = beating[1]["pid"]
     os.kill(victim, signal.SIGSTOP)
@@ -224,7 +235,7 @@ def test_sigterm_drains_every_worker(group):
         sock = socket.create_connection(("127.0.0.1", port), source_address=(address, 0))
         sock.sendall(f"GET /bytes/{size} HTTP/1.0\r\nHost: x\r\n\r\n".encode())
         held.append(sock)
-    status = wait_for(lambda: (s := json.loads(penctl(ctl, "status", "json")))
+    status = wait_for(lambda: (s := status_of(ctl))
                       and len(s["connections"]) == 6 and s, what="six downloads in flight")
     assert {c["id"] % 2 for c in status["connections"]} == {0, 1}
     workers = children(pen.proc.pid)
@@ -315,7 +326,7 @@ def test_an_upgrade_carries_the_group_its_clients_and_a_download_in_flight(
     download = threading.Thread(target=lambda: got.update(
         body=get(port, ADDRESSES[0], f"/bytes/{size}")["body"]))
     download.start()
-    wait_for(lambda: json.loads(penctl(ctl, "status", "json"))["connections"],
+    wait_for(lambda: status_of(ctl)["connections"],
              what="the download in flight")
     done = pen_upgrade(pidfile)
     assert done.returncode == 0, done.stderr
@@ -359,16 +370,15 @@ def test_workers_drain_and_exit_when_the_parent_is_gone(group):
 
 
 def test_the_connection_limit_holds_for_the_group(start_pen, backends):
-    from pen.steering import worker_for
     ctl = free_port()
     pen, port = start_pen("-O", "workers 2", "-x", "4", "-C", f"127.0.0.1:{ctl}", "-u", "root",
                           servers=[backends[0].spec])
     workers_of(pen, 2)
-    on = {row: [a for a in ADDRESSES if worker_for(a, 2) == row] for row in (0, 1)}
+    on = by_worker(2)
     held = [hold(port, a) for a in on[0][:2] + on[1][:2]]     # two on each worker
-    wait_for(lambda: len(json.loads(penctl(ctl, "status", "json"))["connections"]) == 4,
+    wait_for(lambda: len(status_of(ctl)["connections"]) == 4,
              what="four connections")
-    refused = json.loads(penctl(ctl, "status", "json"))["events"].get("conn_refused_full", 0)
+    refused = status_of(ctl)["events"].get("conn_refused_full", 0)
     with socket.create_connection(("127.0.0.1", port), source_address=(on[1][2], 0)) as late:
         late.settimeout(10)
         try:
@@ -377,10 +387,10 @@ def test_the_connection_limit_holds_for_the_group(start_pen, backends):
         except ConnectionResetError:
             answer = b""                          # closed at once: refused
         assert answer == b"", "worker 1 served a fifth connection past -x 4"
-    status = json.loads(penctl(ctl, "status", "json"))
+    status = status_of(ctl)
     assert status["events"].get("conn_refused_full") == refused + 1
     held.pop().close()
-    wait_for(lambda: len(json.loads(penctl(ctl, "status", "json"))["connections"]) == 3,
+    wait_for(lambda: len(status_of(ctl)["connections"]) == 3,
              what="a free place")
     assert get(port, on[1][2])["name"] == "s0"
     for sock in held:
@@ -388,18 +398,17 @@ def test_the_connection_limit_holds_for_the_group(start_pen, backends):
 
 
 def test_a_flood_steered_to_one_worker_cannot_starve_the_other(start_pen, backends):
-    from pen.steering import worker_for
     ctl = free_port()
     pen, port = start_pen("-O", "workers 2", "-x", "10", "-C", f"127.0.0.1:{ctl}", "-u", "root",
                           servers=[backends[0].spec])
     workers_of(pen, 2)
-    on = {row: [a for a in ADDRESSES if worker_for(a, 2) == row] for row in (0, 1)}
+    on = by_worker(2)
     flood = [hold(port, a) for a in on[0][:10]]           # the whole -x, all on worker 0
-    wait_for(lambda: len(json.loads(penctl(ctl, "status", "json"))["connections"]) == 10,
+    wait_for(lambda: len(status_of(ctl)["connections"]) == 10,
              what="the flood holding -x")
     held = [hold(port, a) for a in on[1][:5]]             # worker 1's share: -x / 2
     # worker 0 gives back what it holds beyond the group's limit, within a heartbeat or two
-    status = wait_for(lambda: (s := json.loads(penctl(ctl, "status", "json")))
+    status = wait_for(lambda: (s := status_of(ctl))
                       and len(s["connections"]) == 10 and s, what="-x restored")
     assert sorted(c["id"] % 2 for c in status["connections"]) == [0] * 5 + [1] * 5
     assert status["events"]["conn_evicted_full"] == 5
