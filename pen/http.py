@@ -31,6 +31,8 @@ from __future__ import annotations
 
 import re
 
+from .errors import Refused
+
 MAX_LINE = 8 * 1024         # a request line, field or chunk-size line (nginx: 8k buffers)
 MAX_HEAD = 32 * 1024        # a whole head, and a chunked body's trailer (nginx: 4 x 8k)
 
@@ -54,11 +56,12 @@ _NOTED_FIELD = re.compile(rb"^(%s):([^\r]*)\r$" % b"|".join(sorted(_NOTED)), re.
 START, LINE, FIELDS, BODY, CHUNK_SIZE, CHUNK_DATA, CHUNK_END, TRAILER, PASS = range(9)
 
 
-class Rejected(Exception):
-    """The client sent what cannot be passed on: send it `answer`, end the connection."""
+class Rejected(Refused):
+    """The client sent what cannot be passed on as HTTP: answer it with `status`, end the
+    connection (counted as http_rejected)."""
 
     def __init__(self, status: int, reason: str) -> None:
-        super().__init__(reason)
+        super().__init__(reason, "http_rejected")
         self.status = status
         self.answer = _ANSWERS[status]
 

@@ -14,11 +14,16 @@ import ipaddress
 import struct
 from dataclasses import dataclass
 
+from .errors import Refused
+
 V1_MAX = 107                                   # "PROXY TCP6 <39> <39> 65535 65535\r\n"
 V2_SIGNATURE = b"\r\n\r\n\x00\r\nQUIT\n"
 V2_FIXED = 16                                  # signature, version/command, family, length
 V2_MAX = V2_FIXED + 4096                       # addresses and TLVs: more is refused
 _V2_ADDRESSES = {0x11: 12, 0x12: 12, 0x21: 36, 0x22: 36}   # family/transport -> block size
+
+
+_STARTS = (b"PROXY ", V2_SIGNATURE)
 
 
 class ProxyError(ValueError):
@@ -168,3 +173,35 @@ def build(version: int, source, destination, datagram: bool = False) -> bytes:
     family = (0x10 if src[0].version == 4 else 0x20) | (0x02 if datagram else 0x01)
     block = src[0].packed + dst[0].packed + struct.pack("!HH", src[1], dst[1])
     return V2_SIGNATURE + bytes((0x21, family)) + struct.pack("!H", len(block)) + block
+
+
+class RefuseHeaders:
+    """A relay transform for the bytes of a peer that accept_proxy does not trust: a PROXY
+    header at their start would forge the client's address, so it is refused (Refused,
+    counted as proxy_refused) however late or split it arrives. While the first bytes
+    could still begin one they are held; anything else passes on, through `inner` (the
+    next transform, or None)."""
+
+    def __init__(self, inner=None) -> None:
+        self.inner = inner
+        self.held = b""
+        self.checking = True
+
+    def feed(self, data: bytes) -> bytes:
+        if self.checking:
+            data, self.held = self.held + data, b""
+            if data.startswith(_STARTS):
+                raise Refused("a PROXY header from a peer accept_proxy does not trust",
+                              "proxy_refused")
+            if any(start.startswith(data) for start in _STARTS):
+                self.held = data                    # could still become one: wait
+                return b""
+            self.checking = False
+        return self.inner.feed(data) if self.inner is not None else data
+
+    def flush(self) -> bytes:
+        """EOF: what is held was not a header after all."""
+        rest, self.held = self.held, b""
+        if self.inner is None:
+            return rest
+        return (self.inner.feed(rest) if rest else b"") + self.inner.flush()

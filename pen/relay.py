@@ -22,7 +22,7 @@ from ssl import SSLEOFError, SSLWantReadError, SSLWantWriteError, SSLZeroReturnE
 import gevent
 from gevent import socket as gsocket
 
-from .http import Rejected
+from .errors import Refused
 from .portable import PORTABLE
 
 log = logging.getLogger("pen")
@@ -48,8 +48,9 @@ class Relay:
     close() is called (`close N`, shutdown); then it calls on_end() once, which closes
     the sockets. A transform (feed(bytes) -> bytes, flush() -> bytes) may rewrite what
     goes to the server (`transform`) or to the client (`reply_transform`); one that
-    raises http.Rejected has its answer sent back and ends the relay, leaving the
-    refusal in `refused`. to_server(n) and to_client(n) count the bytes read each way.
+    raises errors.Refused (http.Rejected, for one) has its answer sent back and ends the
+    relay, leaving the refusal in `refused`. to_server(n) and to_client(n) count the bytes
+    read each way.
 
     The loop is the hub's unless given: all the relay asks of it is io(fd, events) and
     timer(seconds) watchers, so tests can drive it without sockets or a hub."""
@@ -64,7 +65,7 @@ class Relay:
         self.closed = False
         self.on_end = on_end
         self.timer = None                  # the idle check
-        self.refused: Rejected | None = None
+        self.refused: Refused | None = None
         self.directions = (
             _Direction(self, loop, client, upstream, to_server, transform,
                        fastclose in ("down", "both")),
@@ -178,7 +179,7 @@ class _Direction:
         if self.transform is not None:
             try:
                 data = self.transform.feed(data)
-            except Rejected as refusal:
+            except Refused as refusal:
                 self.refuse(refusal)
                 return False
         elif self.bulk_left is not None:
@@ -197,12 +198,13 @@ class _Direction:
                 return self.hold(data, sent)
         return n == BUFSIZE or (self.buffered is not None and self.buffered() > 0)
 
-    def refuse(self, refusal: Rejected) -> None:
-        """The transform refused what src sent: answer src (one send, which a socket that
-        has taken no reply yet takes whole; a client that does not read gets nothing), end."""
+    def refuse(self, refusal: Refused) -> None:
+        """The transform refused what src sent: answer src if there is an answer (one send,
+        which a socket that has taken no reply yet takes whole; a client that does not read
+        gets nothing), end."""
         self.relay.refused = refusal.with_traceback(None)      # (its frames hold the data)
         reply = next(d for d in self.relay.directions if d is not self)
-        if reply.pending is None and not reply.piped:          # never inside a response
+        if refusal.answer and reply.pending is None and not reply.piped:   # not in a response
             try:
                 _writing(self.src)(refusal.answer)
             except OSError:

@@ -22,7 +22,7 @@ from . import evict, greenlets, relay
 from .addr import client_ip
 from .http import Requests
 from .logs import ConnectionLog, Throttled
-from .proxy_protocol import V2_MAX, V2_SIGNATURE, ProxyError, build, needed, parse
+from .proxy_protocol import V2_MAX, ProxyError, RefuseHeaders, build, needed, parse
 from .select import candidates
 from .sockets import OUT_OF_FDS, bind, connect_within, server_socket, set_options
 from .state import Connection, Server, State
@@ -247,10 +247,12 @@ class TcpBalancer:
         The relay's callbacks move the bytes; finish() cleans up when it ends."""
         state = self.state
         conn.close = _closer(state, conn, getcurrent())
-        accepted, upstream, relaying = client, None, False
+        accepted, upstream, relaying, trusted = client, None, False, True
         try:
-            if state.accept_proxy >= 0 and not self.take_proxy_header(conn, accepted):
-                return
+            if state.accept_proxy >= 0:
+                trusted = state.acls.permits(state.accept_proxy, client_ip(conn.client))
+                if trusted and not self.take_proxy_header(conn, accepted):
+                    return
             peer = conn.client          # the PROXY header's client, if one came first
             client = self.wrap_client(accepted, peer)
             if client is None:
@@ -269,7 +271,7 @@ class TcpBalancer:
                 set_options(client, state)
             conn.downfd, conn.upfd = client.fileno(), upstream.fileno()
             state.track(conn, ip, server, time.time())
-            self.relay(conn, client, upstream, ip, address)
+            self.relay(conn, client, upstream, ip, address, trusted)
             relaying = True
         except Closed:
             log.debug("connection %s: closed by close N or shutdown", conn.id)
@@ -289,16 +291,12 @@ class TcpBalancer:
         self.listener.resume()
 
     def take_proxy_header(self, conn: Connection, sock) -> bool:
-        """accept_proxy N: a peer ACL N permits must start with a PROXY header, whose source
-        is the client from then on; from any other peer, a PROXY header in the first bytes
-        is refused. False (counted as proxy_refused) if the connection must close."""
+        """accept_proxy N, a peer ACL N permits: it must start with a PROXY header, whose
+        source is the client from then on. False (counted as proxy_refused) if the
+        connection must close. (Any other peer's header is refused by the relay:
+        proxy_protocol.RefuseHeaders.)"""
         state = self.state
-        trusted = state.acls.permits(state.accept_proxy, client_ip(conn.client))
         try:
-            if not trusted:
-                if looks_like_proxy_header(sock):
-                    raise ProxyError("a PROXY header from a peer accept_proxy does not trust")
-                return True
             header = read_proxy_header(sock, state.timeout)
         except (ProxyError, OSError) as e:
             state.count("proxy_refused")
@@ -309,9 +307,11 @@ class TcpBalancer:
             conn.client, conn.destination = header.source, header.destination
         return True
 
-    def relay(self, conn: Connection, client, upstream, ip, address) -> None:
-        """Start moving the bytes both ways (with -H, -l and -d -d -d looking at them);
-        from here `close N` closes the relay, and its end finishes the connection."""
+    def relay(self, conn: Connection, client, upstream, ip, address,
+              trusted: bool = True) -> None:
+        """Start moving the bytes both ways (with -H, -l and -d -d -d looking at them, and
+        RefuseHeaders at the start of an untrusted peer's bytes under accept_proxy); from
+        here `close N` closes the relay, and its end finishes the connection."""
         state = self.state
         log_request = None
         if state.log is not None:               # -l: a line per request
@@ -321,6 +321,8 @@ class TcpBalancer:
         transform = reply = None
         if rewrite or log_request:              # -H, -l: on the same request framing
             transform = Requests(rewrite, self.proto, log_request)
+        if not trusted:
+            transform = RefuseHeaders(transform)
         if state.debug >= DUMP_LEVEL:           # pen -d -d -d: every chunk, hex or (-a) text
             transform = _Tap(transform, _dump(f"connection {conn.id} to server", state.ascii))
             reply = _Tap(None, _dump(f"connection {conn.id} to client", state.ascii))
@@ -332,13 +334,14 @@ class TcpBalancer:
         conn.relay.start()
 
     def relay_ended(self, conn: Connection, address, client, upstream) -> None:
-        """The relay's on_end: finish, or for a request -H refused (and answered), close the
+        """The relay's on_end: finish, or for a refusal with an answer (-H's 400), close the
         server's side now and the client's after it has read the answer (a worker lingers)."""
         refused = conn.relay.refused
-        if refused is None:
+        if refused is not None:
+            self.state.count(refused.event)
+            log.debug("connection %d from %s: %s", conn.id, conn.client, refused)
+        if refused is None or not refused.answer:
             return self.finish(conn, address, client, upstream)
-        self.state.count("http_rejected")
-        log.debug("connection %d: %s: answered %d", conn.id, refused, refused.status)
         _close(upstream)
         greenlets.spawn(self.linger_then_finish, conn, address, client)
 
@@ -372,15 +375,6 @@ def read_proxy_header(sock, timeout: float):
             raise ProxyError(f"no PROXY header within {timeout:g}s")
         gsocket.wait_read(sock.fileno(), left, timeout_exc=ProxyError(
             f"no PROXY header within {timeout:g}s"))
-
-
-def looks_like_proxy_header(sock) -> bool:
-    """Do the bytes already here start a PROXY header? (Never waits for them.)"""
-    try:
-        data = sock.recv(len(V2_SIGNATURE), socket.MSG_PEEK)
-    except BlockingIOError:
-        return False
-    return data.startswith((b"PROXY ", V2_SIGNATURE))
 
 
 def send_proxy_header(sock, version: int, client, destination) -> None:

@@ -110,6 +110,15 @@ def test_a_trusted_peer_without_a_header_and_an_untrusted_one_with_one_are_refus
     assert refused("127.0.0.1", b"PROXY TCP4 1.2.3.4 5.6.7.8 99999 80\r\n") == b""
     # untrusted (127.0.0.3) with a header: a forged client address
     assert refused("127.0.0.3", b"PROXY TCP4 10.9.9.9 127.0.0.1 1 80\r\nGET / HTTP/1.0\r\n\r\n") == b""
+    # untrusted, its header sent only once pen relays to the server: still refused, silently
+    with socket.create_connection(("127.0.0.1", port), timeout=5,
+                                  source_address=("127.0.0.3", 0)) as s:
+        wait_for(lambda: served(ctl) == 1, what="the untrusted peer's relay")
+        s.sendall(b"PROXY TCP4 10.9.9.9 127.0.0.1 1 80\r\nGET / HTTP/1.0\r\n\r\n")
+        try:
+            assert s.recv(100) == b""
+        except ConnectionResetError:
+            pass
     # untrusted without one: served as itself
     assert curl_json(f"http://127.0.0.1:{port}/", interface="127.0.0.3")["xff"] == ["127.0.0.3"]
     # a trusted peer with a good header, split over two packets, then its request
@@ -121,14 +130,23 @@ def test_a_trusted_peer_without_a_header_and_an_untrusted_one_with_one_are_refus
         while chunk := s.recv(4096):
             reply += chunk
     assert json.loads(reply.split(b"\r\n\r\n", 1)[1])["xff"] == ["10.1.1.1"]
-    assert refusals(ctl) == 5         # and the fixture's readiness probe (no header either)
+    assert refusals(ctl) == 6         # and the fixture's readiness probe (no header either)
+
+
+def status(ctl) -> dict:
+    answer = subprocess.run([sys.executable, "-m", "pen.penctl", ctl, "status", "json"],
+                            capture_output=True, text=True, timeout=10,
+                            env=dict(os.environ, PYTHONPATH=str(ROOT)), check=True)
+    return json.loads(answer.stdout)
 
 
 def refusals(ctl) -> int:
-    status = subprocess.run([sys.executable, "-m", "pen.penctl", ctl, "status", "json"],
-                            capture_output=True, text=True, timeout=10,
-                            env=dict(os.environ, PYTHONPATH=str(ROOT)), check=True)
-    return json.loads(status.stdout)["events"].get("proxy_refused", 0)
+    return status(ctl)["events"].get("proxy_refused", 0)
+
+
+def served(ctl) -> int:
+    """Connections open to the first server (its relay runs)."""
+    return status(ctl)["servers"][0]["connections"]
 
 
 NGINX_RECEIVES = """

@@ -7,7 +7,17 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from pen.proxy_protocol import V1_MAX, V2_MAX, V2_SIGNATURE, ProxyError, build, needed, parse
+from pen.errors import Refused
+from pen.proxy_protocol import (
+    V1_MAX,
+    V2_MAX,
+    V2_SIGNATURE,
+    ProxyError,
+    RefuseHeaders,
+    build,
+    needed,
+    parse,
+)
 
 
 def test_v1_tcp4_and_tcp6():
@@ -105,3 +115,52 @@ def test_any_bytes_parse_refuse_or_ask_for_more_within_bounds(data):
         assert needed(data) <= V2_MAX
     else:
         assert header.length <= len(data)
+
+
+def fed(transform, chunks) -> bytes:
+    """What a transform passes on for these chunks, then EOF."""
+    return b"".join(transform.feed(chunk) for chunk in chunks) + transform.flush()
+
+
+def splits(data: bytes, cuts: list[int]) -> list[bytes]:
+    cuts = sorted({c % (len(data) + 1) for c in cuts})
+    return [data[a:b] for a, b in zip([0, *cuts], [*cuts, len(data)], strict=True)]
+
+
+@pytest.mark.parametrize("start", [b"PROXY ", V2_SIGNATURE])
+def test_an_untrusted_peers_header_is_refused_however_it_is_split(start):
+    data = start + b"TCP4 10.9.9.9 127.0.0.1 1 80\r\nGET / HTTP/1.0\r\n\r\n"
+    for cut in range(1, len(start) + 2):
+        guard = RefuseHeaders()
+        with pytest.raises(Refused) as refused:
+            fed(guard, [data[:1], data[1:cut], data[cut:]])
+        assert refused.value.event == "proxy_refused" and refused.value.answer == b""
+
+
+def test_bytes_that_only_begin_like_a_header_are_held_then_passed_on():
+    guard = RefuseHeaders()
+    assert guard.feed(b"PRO") == b""                   # could still be "PROXY "
+    assert guard.feed(b"PERTY") == b"PROPERTY"
+    assert guard.feed(b"PROXY later") == b"PROXY later"   # only the start is looked at
+    assert fed(RefuseHeaders(), [b"\r\n\r\n"]) == b"\r\n\r\n"   # EOF: what was held
+
+
+@given(st.binary(max_size=40), st.lists(st.integers(0, 40), max_size=4))
+def test_anything_else_passes_whole_at_any_split(data, cuts):
+    chunks = splits(data, cuts)
+    if data.startswith((b"PROXY ", V2_SIGNATURE)):
+        with pytest.raises(Refused):
+            fed(RefuseHeaders(), chunks)
+    else:
+        assert fed(RefuseHeaders(), chunks) == data
+
+
+def test_the_next_transform_gets_what_passes():
+    class Upper:
+        def feed(self, data):
+            return data.upper()
+
+        def flush(self):
+            return b"!"
+    assert fed(RefuseHeaders(Upper()), [b"PR", b"OD"]) == b"PROD!"
+    assert fed(RefuseHeaders(Upper()), [b"PR"]) == b"PR!"
