@@ -4,9 +4,10 @@
 chunk costs a recv and a send and no greenlet switch; the connection's greenlet waits for
 the relay to end. A stream is a plain non-blocking socket or, after its handshake, a TLS
 socket, whose record layer (_sslobj) reads and writes the same non-blocking fd. Once a
-direction between plain sockets has moved BULK bytes (a download, an upload) it switches
-to splice(2) through a pipe where the platform has it, so the bytes stay in the kernel;
-small exchanges never pay for the pipe.
+direction between plain sockets has moved BULK bytes in full reads (a download, an
+upload) it switches to splice(2) through a pipe where the platform has it, so the bytes
+stay in the kernel; small exchanges, however many a keep-alive connection makes, never
+pay for the pipe.
 """
 
 from __future__ import annotations
@@ -128,7 +129,7 @@ class _Direction:
         self.writer = None                 # made when dst first pushes back
         self.pending = None
         both_plain = self.buffered is None and type(dst) is socket.socket
-        # bytes to copy before splicing (None: this direction never splices)
+        # bytes to copy in full reads before splicing (None: this direction never splices)
         self.bulk_left = BULK if SPLICE and transform is None and both_plain else None
         self.pipe = None
         self.piped = 0
@@ -151,52 +152,53 @@ class _Direction:
     # reading ----------------------------------------------------------------------------
 
     def readable(self) -> None:
-        if self.move():                    # mostly a single chunk: no loop set up for it
-            for _ in range(ROUNDS - 1):
-                if not self.move():
+        """Move a chunk; go on (up to ROUNDS chunks) while src may have more right now (it
+        filled the buffer, or TLS holds decrypted bytes the fd will not announce) and dst
+        took all of it. (One function: a chunk costs no call but the socket's.)"""
+        rounds = ROUNDS
+        while True:
+            if self.pipe is not None:
+                if not self.splice_in():
                     return
-
-    def move(self) -> bool:
-        """Move one chunk; True if src may have more right now (it filled the buffer, or
-        TLS holds decrypted bytes the fd will not announce) and dst took all of it."""
-        if self.pipe is not None:
-            return self.splice_in()
-        try:
-            data = self.recv(BUFSIZE)
-        except _WAIT:
-            return False
-        except _EOF:
-            data = b""
-        except OSError as e:
-            self.fail(e)
-            return False
-        if not data:
-            self.end()
-            return False
-        n = len(data)
-        self.relay.last = time.monotonic()
-        self.count(n)
-        if self.transform is not None:
-            try:
-                data = self.transform.feed(data)
-            except Refused as refusal:
-                self.refuse(refusal)
-                return False
-        elif self.bulk_left is not None:
-            self.bulk_left -= n
-            if self.bulk_left <= 0:
-                self.start_splicing()
-        if data:                           # write(data), inlined: once per chunk
-            try:
-                sent = self.send(data)
-            except _WAIT:
-                sent = 0
-            except OSError as e:
-                self.fail(e)
-                return False
-            if sent != len(data):
-                return self.hold(data, sent)
-        return n == BUFSIZE or (self.buffered is not None and self.buffered() > 0)
+                n = BUFSIZE
+            else:
+                try:
+                    data = self.recv(BUFSIZE)
+                except _WAIT:
+                    return
+                except _EOF:
+                    data = b""
+                except OSError as e:
+                    return self.fail(e)
+                if not data:
+                    return self.end()
+                n = len(data)
+                self.relay.last = time.monotonic()
+                self.count(n)
+                if self.transform is not None:
+                    try:
+                        data = self.transform.feed(data)
+                    except Refused as refusal:
+                        return self.refuse(refusal)
+                elif n == BUFSIZE and self.bulk_left is not None:   # a full read: bulk
+                    self.bulk_left -= n
+                    if self.bulk_left <= 0:
+                        self.start_splicing()
+                if data:                       # write(data), inlined: once per chunk
+                    try:
+                        sent = self.send(data)
+                    except _WAIT:
+                        sent = 0
+                    except OSError as e:
+                        return self.fail(e)
+                    if sent != len(data):
+                        self.hold(data, sent)
+                        return
+            if n != BUFSIZE and (self.buffered is None or self.buffered() <= 0):
+                return
+            rounds -= 1
+            if not rounds:
+                return
 
     def refuse(self, refusal: Refused) -> None:
         """The transform refused what src sent: answer src if there is an answer (one send,

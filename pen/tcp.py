@@ -1,8 +1,10 @@
 """The TCP balancer on gevent: accept, choose a server, connect (failing over), relay.
 
-Every connection is a greenlet (a reused one: greenlets.py) that chooses a server, connects,
-fails over, waits while relay.py moves the bytes, and cleans up. All decisions are the pure
-core's (select.candidates); this module and relay.py only move bytes.
+A connection lives in loop callbacks: the accept callback registers it, its Dial (dial.py)
+connects to a server in pen's order, failing over, and relay.py moves its bytes until it
+ends. Only a connection that must wait in between takes a greenlet (a reused one:
+greenlets.py) for that wait: a trusted peer's PROXY header, a TLS handshake. All decisions
+are the pure core's (select.candidates); this module, dial.py and relay.py move bytes.
 """
 
 from __future__ import annotations
@@ -20,11 +22,11 @@ from greenlet import getcurrent
 
 from . import evict, greenlets, relay
 from .addr import client_ip
+from .dial import Dial
 from .http import Requests
 from .logs import ConnectionLog, Throttled
 from .proxy_protocol import V2_MAX, ProxyError, RefuseHeaders, build, needed, parse
-from .select import candidates
-from .sockets import OUT_OF_FDS, bind, connect_within, server_socket, set_options
+from .sockets import OUT_OF_FDS, bind, set_options
 from .state import Connection, Server, State
 
 log = logging.getLogger("pen")
@@ -32,13 +34,13 @@ DEBUG = logging.DEBUG
 
 
 class Closed(Exception):
-    """Thrown into a connection's greenlet to end it while it connects (`close N`, the end
-    of SIGTERM's grace); once its relay runs, closing the relay ends it."""
+    """Thrown into a connection's greenlet to end it while it waits there (`close N`, the
+    end of SIGTERM's grace); while it dials or relays, closing those ends it."""
 
 
 class Listener:
     """Accepts clients from the hub's loop, up to max_accept (-m) per wake-up, and hands
-    each one to a worker greenlet running balancer.handle. While -x connections are open,
+    each one to balancer.handle. While -x connections are open,
     a newcomer takes the place of the longest-idle connection of the address holding the
     most (evict.victim: slowloris from a few addresses cannot lock others out), or is
     closed if its own address holds as many; never more than -x at once. Out of fds, it
@@ -113,7 +115,7 @@ class Listener:
             client.setblocking(False)
             conn = state.open_connection(address)
             holding[key] += 1
-            greenlets.spawn(balancer.handle, conn, client, address)
+            balancer.handle(conn, client, address)
             if full:          # the evicted one ends before the next accept: one at a time
                 return
 
@@ -140,6 +142,8 @@ class TcpBalancer:
     connection's life (handle), with the streams layered by wrap_client/wrap_upstream."""
 
     proto = "http"      # X-Forwarded-Proto; the TLS front end says https
+    layered_clients = False     # a layer to set up on each client first (TLS: tls.py)
+    layered_servers = False     # ... and on each server connection (ssl_backend)
 
     def __init__(self, state: State, sock, conn_log: ConnectionLog | None = None, *,
                  max_accept: int = 100, backlog: int = 0) -> None:
@@ -203,81 +207,70 @@ class TcpBalancer:
         """The stream to relay to a connected server socket; raise OSError on failure."""
         return sock
 
-    # connecting ------------------------------------------------------------------------
-
-    def open_upstream(self, server: Server, conn: Connection, accepted):
-        """A connected (and layered) stream to server for conn's client; with
-        proxy_protocol, the PROXY header goes first (before a TLS handshake, too)."""
-        sock = server_socket(server, socket.SOCK_STREAM, conn.client, self.connect_hooks)
-        try:
-            connect_within(sock, server.endpoint.sockaddr, self.state.timeout)
-            version = server.proxy_version(self.state.proxy_protocol)
-            if version:
-                send_proxy_header(sock, version, conn.client,
-                                  conn.destination or accepted.getsockname())
-            sock = self.wrap_upstream(sock, server)
-        except BaseException:
-            sock.close()
-            raise
-        if self.state.tcp_nodelay or self.state.keepalive:
-            set_options(sock, self.state)
-        return sock
-
-    def connect_server(self, ip, conn: Connection, accepted):
-        """Try servers in pen's order; blacklist each one that fails. (stream, server) or None."""
-        state = self.state
-        address = conn.client
-        port = address[1] if isinstance(address, tuple) else None
-        for server in candidates(state, ip, port, time.time()):
-            try:
-                return self.open_upstream(server, conn, accepted), server
-            except (OSError, gevent.Timeout) as e:
-                if getattr(e, "errno", None) in OUT_OF_FDS:
-                    log.debug("no fd for an upstream socket: closing the client")
-                    return None                   # our shortage, not the server's fault
-                reason = getattr(e, "strerror", None) or e or "timeout"
-                state.server_failed(server, f"failed: {reason}", time.time())
-        return None
-
     # a connection ----------------------------------------------------------------------
 
     def handle(self, conn: Connection, client, address) -> None:
-        """A connection's greenlet: choose and connect a server (TLS handshakes, PROXY
-        headers and failover included), then hand both sockets to the relay and end.
-        The relay's callbacks move the bytes; finish() cleans up when it ends."""
+        """A new connection, from the accept callback. One that must wait before it can
+        choose a server (a trusted peer's PROXY header, a TLS handshake) does so in a
+        greenlet; any other dials at once."""
         state = self.state
-        conn.close = _closer(state, conn, getcurrent())
-        accepted, upstream, relaying, trusted = client, None, False, True
+        trusted = True
+        if state.accept_proxy >= 0:
+            trusted = state.acls.permits(state.accept_proxy, client_ip(conn.client))
+        if (trusted and state.accept_proxy >= 0) or self.layered_clients:
+            greenlets.spawn(self.prepare, conn, client, address, trusted)
+        else:
+            self.dial(conn, client, client, address, trusted)
+
+    def prepare(self, conn: Connection, accepted, address, trusted: bool) -> None:
+        """A connection's greenlet: take the trusted peer's PROXY header and set up the
+        client's layer (TLS), then dial."""
+        conn.close = _closer(conn, getcurrent())
+        client = None
         try:
-            if state.accept_proxy >= 0:
-                trusted = state.acls.permits(state.accept_proxy, client_ip(conn.client))
-                if trusted and not self.take_proxy_header(conn, accepted):
-                    return
-            peer = conn.client          # the PROXY header's client, if one came first
-            client = self.wrap_client(accepted, peer)
-            if client is None:
-                return
-            ip = client_ip(peer)
-            found = self.connect_server(ip, conn, accepted)
-            if found is None:
-                state.count("no_server")            # denied, or no server would take it
-                log.info("no server for %s", peer)
-                return
-            upstream, server = found
-            if log.isEnabledFor(DEBUG):
-                log.debug("connection %d: %s to server %d (%s)", conn.id, ip, server.index,
-                          server.endpoint)
-            if state.tcp_nodelay or state.keepalive:
-                set_options(client, state)
-            conn.downfd, conn.upfd = client.fileno(), upstream.fileno()
-            state.track(conn, ip, server, time.time())
-            self.relay(conn, client, upstream, ip, address, trusted)
-            relaying = True
+            if (not trusted or self.state.accept_proxy < 0
+                    or self.take_proxy_header(conn, accepted)):
+                client = self.wrap_client(accepted, conn.client)
         except Closed:
             log.debug("connection %s: closed by close N or shutdown", conn.id)
-        finally:
-            if not relaying:
-                self.finish(conn, address, client or accepted, upstream)
+        if client is None:
+            return self.finish(conn, address, accepted, None)
+        self.dial(conn, client, accepted, address, trusted)
+
+    def dial(self, conn: Connection, client, accepted, address, trusted: bool) -> None:
+        setup = Setup(self, conn, client, accepted, address, trusted)
+        conn.close = setup.close
+        setup.start(setup.ip, time.time())
+
+    def layer_upstream(self, setup: "Setup", server: Server, sock) -> None:
+        """A greenlet for the server connection's layer (TLS, ssl_backend); a failure
+        fails the server over."""
+        conn = setup.conn
+        conn.close = _closer(conn, getcurrent())
+        try:
+            upstream = self.wrap_upstream(sock, server)
+        except (OSError, gevent.Timeout) as e:
+            _close(sock)
+            conn.close = setup.close
+            return setup.failed(server, getattr(e, "strerror", None) or str(e) or "timeout")
+        except Closed:
+            log.debug("connection %s: closed by close N or shutdown", conn.id)
+            _close(sock)
+            return self.finish(conn, setup.address, setup.stream, None)
+        self.established(setup, server, upstream)
+
+    def established(self, setup: "Setup", server: Server, upstream) -> None:
+        """Connected (and layered): count the client in, relay."""
+        state, conn, client, ip = self.state, setup.conn, setup.stream, setup.ip
+        if log.isEnabledFor(DEBUG):
+            log.debug("connection %d: %s to server %d (%s)", conn.id, ip, server.index,
+                      server.endpoint)
+        if state.tcp_nodelay or state.keepalive:
+            set_options(client, state)
+            set_options(upstream, state)
+        conn.downfd, conn.upfd = client.fileno(), upstream.fileno()
+        state.track(conn, ip, server, time.time())
+        self.relay(conn, client, upstream, ip, setup.address, setup.trusted)
 
     def finish(self, conn: Connection, address, client, upstream) -> None:
         """The connection ended (its relay, or before one): count it out, close both."""
@@ -348,6 +341,48 @@ class TcpBalancer:
     def linger_then_finish(self, conn: Connection, address, client) -> None:
         relay.linger(client)
         self.finish(conn, address, client, None)
+
+
+class Setup(Dial):
+    """A connection on its way to a server: its Dial, then what the connected server
+    needs (its PROXY header; a layer, set up in a greenlet) before the relay."""
+
+    __slots__ = ("balancer", "conn", "stream", "accepted", "address", "trusted", "ip")
+
+    def __init__(self, balancer: TcpBalancer, conn: Connection, stream, accepted, address,
+                 trusted: bool) -> None:
+        super().__init__(balancer.state, conn.client, balancer.connect_hooks)
+        self.balancer, self.conn, self.stream, self.accepted = balancer, conn, stream, accepted
+        self.address, self.trusted = address, trusted
+        self.ip = client_ip(conn.client)     # the PROXY header's client, if one came first
+
+    def connected(self, server: Server, sock) -> None:
+        balancer = self.balancer
+        version = server.proxy_version(self.state.proxy_protocol)
+        if version:
+            try:
+                send_proxy_header(sock, version, self.conn.client,
+                                  self.conn.destination or self.accepted.getsockname())
+            except OSError as e:
+                sock.close()
+                return self.failed(server, e.strerror or str(e))
+        if balancer.layered_servers:
+            greenlets.spawn(balancer.layer_upstream, self, server, sock)
+        else:
+            balancer.established(self, server, sock)
+
+    def nowhere(self, why: str | None) -> None:
+        if why is not None:
+            log.debug("connection %d: %s: closing the client", self.conn.id, why)
+        else:
+            self.state.count("no_server")           # denied, or no server would take it
+            log.info("no server for %s", self.client)
+        self.balancer.finish(self.conn, self.address, self.stream, None)
+
+    def close(self) -> None:
+        """`close N` or shutdown while dialing."""
+        self.cancel()
+        self.balancer.finish(self.conn, self.address, self.stream, None)
 
 
 def read_proxy_header(sock, timeout: float):
@@ -421,19 +456,16 @@ def _dumped(data: bytes, text: bool) -> str:
     return "\n".join(data[i:i + 16].hex(" ") for i in range(0, len(data), 16))
 
 
-def _closer(state: State, conn: Connection, greenlet):
-    """conn.close while the greenlet connects: end it from anywhere (another greenlet, the
-    hub), at most once, and never once the relay runs (conn.close is then the relay's) nor
-    in a later task of the same (reused) greenlet."""
-    def connecting() -> bool:
-        return state.connections.get(conn.id) is conn and conn.relay is None
-
+def _closer(conn: Connection, greenlet):
+    """conn.close while a greenlet waits for it: end it from anywhere (another greenlet,
+    the hub), at most once, and only while conn.close is still this (each stage of a
+    connection sets its own), so never in a later task of the same (reused) greenlet."""
     def close() -> None:
-        if connecting():
+        if conn.close is close:
             gevent.get_hub().loop.run_callback(throw)
 
     def throw() -> None:
-        if connecting():
+        if conn.close is close:
             greenlet.throw(Closed)
     return close
 

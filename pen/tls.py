@@ -22,14 +22,19 @@ class TlsBalancer(TcpBalancer):
     def __init__(self, state, sock, conn_log=None, *, contexts: Contexts | None = None,
                  **listening) -> None:
         super().__init__(state, sock, conn_log, **listening)
-        self.contexts = contexts or Contexts(state)
+        self.use(contexts or Contexts(state))
         if self.contexts.server is not None:
             self.proto = "https"
+
+    def use(self, contexts: Contexts) -> None:
+        self.contexts = contexts
+        self.layered_clients = contexts.server is not None
+        self.layered_servers = contexts.backend is not None
 
     def reload(self) -> None:
         """Re-read certificates and keys; raises TlsError and keeps the old ones if any fail.
         Connections already established keep the session they have."""
-        self.contexts = Contexts(self.state)
+        self.use(Contexts(self.state))
 
     def wrap_client(self, client, address):
         ctx = self.contexts.server

@@ -511,3 +511,40 @@ def test_debug_and_ascii_set_at_run_time_turn_dumps_on(backends, start_pen):
     curl_json(f"http://127.0.0.1:{port}/loud")
     wait_for(lambda: "GET /loud HTTP/1.1" in pen.output(), what="the dump of the request")
     assert "/quiet" not in pen.output()
+
+
+def test_close_ends_a_connection_still_connecting(start_pen):
+    """close N while pen waits for the server to answer its connect: the dial stops and
+    the client is closed; no failover follows and the slot is free."""
+    hung = socket.socket()
+    hung.bind(("127.0.0.1", 0))
+    hung.listen(0)
+    fillers = []
+    while True:                        # fill its queue: the next SYN is dropped
+        s = socket.socket()
+        s.settimeout(0.3)
+        try:
+            s.connect(hung.getsockname())
+        except (socket.timeout, BlockingIOError):
+            s.close()
+            break
+        fillers.append(s)
+    try:
+        pen, port, ctl = start_with_control(
+            start_pen, "-t", "30", servers=[f"127.0.0.1:{hung.getsockname()[1]}"])
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as waiting:
+            def connecting():
+                return [c for c in json.loads(penctl(ctl, "status", "json"))["connections"]
+                        if c["client"] == f"127.0.0.1:{waiting.getsockname()[1]}"]
+            wait_for(connecting, what="pen to take the connection")
+            [conn] = connecting()
+            assert conn["server"] is None                    # no server yet: connecting
+            assert penctl(ctl, "close", str(conn["id"])) == (
+                f"Forcibly closing connection {conn['id']}\n")
+            assert waiting.recv(100) == b""                  # pen closed it
+            wait_for(lambda: not connecting(), what="the connection to be gone")
+        assert json.loads(penctl(ctl, "status", "json"))["servers"][0]["failures"] == 0
+    finally:
+        hung.close()
+        for s in fillers:
+            s.close()

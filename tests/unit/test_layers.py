@@ -15,7 +15,7 @@ PACKAGE = Path(__file__).resolve().parents[2] / "pen"
 LAYERS = {
     "command line": {"__main__", "cli", "penctl", "setup_host", "service"},
     "process": {"runtime", "daemon", "demo", "upgrade", "notify", "group", "member"},
-    "input/output": {"balancer", "tcp", "tls", "udp", "dsr", "control", "relay",
+    "input/output": {"balancer", "tcp", "tls", "udp", "dsr", "control", "relay", "dial",
                      "transparent", "sockets", "logs", "mmsg", "greenlets", "vrrp",
                      "probes", "monitor", "metrics", "board", "steering"},
     "pure core": {"__init__", "state", "select", "commands", "hooks", "acl", "addr", "http",

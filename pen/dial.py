@@ -1,0 +1,139 @@
+"""Connecting a client to a server from loop callbacks, failing over in pen's order.
+
+A Dial tries the servers select.candidates names, one after another: a non-blocking
+connect(2), then (unless the server has answered already, as one on this host has) a
+write watcher and a -t timer on the loop. Each server that fails is blacklisted before
+the next is asked for. No greenlet waits for any of it: a plain connection goes from the
+accept callback through its Dial to its relay without a switch.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import socket
+import time
+
+import gevent
+
+from .select import candidates
+from .sockets import OUT_OF_FDS, server_socket
+
+_IN_PROGRESS = (errno.EINPROGRESS, errno.EALREADY, errno.EWOULDBLOCK)
+_CONNECTED = (0, errno.EISCONN)
+_WRITE = 2
+
+
+class Dial:
+    """One client's way to a server: start() begins; then exactly one of the two hooks a
+    subclass gives is called. connected(server, sock): the caller owns sock from there,
+    and may still call failed(server, why) to go on to the next server. nowhere(why): why
+    is None when no server would take the client, else the reason we could not try (out
+    of fds). cancel() ends it quietly (`close N`)."""
+
+    __slots__ = ("state", "client", "hooks", "servers", "server", "sock", "writer", "timer")
+
+    def __init__(self, state, client, hooks) -> None:
+        self.state, self.client, self.hooks = state, client, hooks
+        self.servers = self.server = self.sock = self.writer = self.timer = None
+
+    def connected(self, server, sock) -> None:
+        raise NotImplementedError
+
+    def nowhere(self, why: str | None) -> None:
+        raise NotImplementedError
+
+    def start(self, ip, now: float) -> None:
+        client = self.client
+        port = client[1] if type(client) is tuple else None
+        self.servers = candidates(self.state, ip, port, now)
+        self.next()
+
+    def next(self) -> None:
+        """Connect to the next server in order; nowhere() when none is left."""
+        for server in self.servers:
+            try:
+                sock = server_socket(server, socket.SOCK_STREAM, self.client, self.hooks)
+            except OSError as e:
+                if e.errno in OUT_OF_FDS:            # our shortage, not the server's fault
+                    return self.end("no fd for an upstream socket")
+                self.state.server_failed(server, f"failed: {e.strerror or e}", time.time())
+                continue
+            sockaddr = server.endpoint.sockaddr
+            err = sock.connect_ex(sockaddr)
+            if err in _IN_PROGRESS:
+                # A server on this host has answered by now (the handshake ran in our
+                # syscall): asking again costs a syscall where waiting costs a loop trip.
+                err = sock.connect_ex(sockaddr)
+            if err in _CONNECTED:
+                return self.connected(server, sock)
+            if err in _IN_PROGRESS or (err == errno.EAGAIN and sock.family == socket.AF_UNIX):
+                return self.wait(server, sock, err)
+            sock.close()
+            self.state.server_failed(server, f"failed: {os.strerror(err)}", time.time())
+        self.end(None)
+
+    def failed(self, server, why: str) -> None:
+        """The caller could not use the connected server (its PROXY header or TLS
+        handshake failed): blacklist it, go on to the next."""
+        self.state.server_failed(server, f"failed: {why}", time.time())
+        self.next()
+
+    def cancel(self) -> None:
+        self.stop()
+        self.servers = None
+
+    # waiting for a connect in progress -------------------------------------------------
+
+    def wait(self, server, sock, err: int) -> None:
+        """Until writable: connected or refused; or, for EAGAIN (a UNIX server's backlog
+        is full), room to connect again. At most -t seconds."""
+        loop = gevent.get_hub().loop
+        self.server, self.sock = server, sock
+        self.writer = loop.io(sock.fileno(), _WRITE)
+        self.writer.start(self.writable, err == errno.EAGAIN)
+        if self.state.timeout:
+            self.timer = loop.timer(self.state.timeout)
+            self.timer.start(self.timed_out, update=True)    # -t from now, not loop time
+
+    def writable(self, retry: bool) -> None:
+        server, sock = self.server, self.sock
+        if retry:
+            err = sock.connect_ex(server.endpoint.sockaddr)
+            if err == errno.EAGAIN:
+                return                                 # still full: wait on
+            if err in _IN_PROGRESS:
+                self.writer.stop()                     # wait again, for its result now
+                self.writer.start(self.writable, False)
+                return
+        else:
+            err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+        self.stop(close=False)
+        if err and err != errno.EISCONN:
+            sock.close()
+            self.state.server_failed(server, f"failed: {os.strerror(err)}", time.time())
+            return self.next()
+        self.connected(server, sock)
+
+    def timed_out(self) -> None:
+        server = self.server
+        self.stop()
+        self.state.server_failed(server, "failed: timed out", time.time())
+        self.next()
+
+    def stop(self, close: bool = True) -> None:
+        """Stop waiting (closing the socket unless it is handed on)."""
+        if self.writer is not None:
+            self.writer.stop()
+            self.writer = None
+        if self.timer is not None:
+            self.timer.stop()
+            self.timer = None
+        if self.sock is not None:
+            if close:
+                self.sock.close()
+            self.sock = self.server = None
+
+    def end(self, why) -> None:
+        self.servers = None
+        self.nowhere(why)

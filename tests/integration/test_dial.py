@@ -1,0 +1,173 @@
+"""dial.Dial through real loopback and UNIX sockets on gevent's loop: pen's failover order,
+each failed server blacklisted, -t per connect, cancel, a full UNIX backlog waited out.
+"""
+
+import errno
+import socket
+import time
+
+import gevent
+import pytest
+from gevent.event import Event
+
+from pen import cli
+from pen.addr import resolve
+from pen.dial import Dial
+
+
+class Recorded(Dial):
+    """A Dial that records how it ended."""
+
+    __slots__ = ("ended", "outcome")
+
+    def __init__(self, state):
+        super().__init__(state, ("127.0.0.9", 4000), [])
+        self.ended, self.outcome = Event(), None
+
+    def connected(self, server, sock):
+        self.outcome = ("connected", server.index, sock)
+        self.ended.set()
+
+    def nowhere(self, why):
+        self.outcome = ("nowhere", why)
+        self.ended.set()
+
+
+def balancer_state(*servers, timeout="2"):
+    """Round-robin over these servers, the first one first."""
+    state, _ = cli.parse(["-r", "-t", timeout, "-f", "127.0.0.1:1", *servers])
+    for server in state.servers:
+        resolve(server.endpoint)
+    state.rr_cursor = len(state.servers) - 1
+    return state
+
+
+def dial(state, wait=5.0):
+    attempt = Recorded(state)
+    attempt.start(None, time.time())
+    assert attempt.ended.wait(wait), "the dial ended neither way"
+    return attempt
+
+
+@pytest.fixture
+def listening():
+    socks = []
+
+    def make(backlog=16, family=socket.AF_INET, path=None):
+        s = socket.socket(family, socket.SOCK_STREAM)
+        s.bind(path or ("127.0.0.1", 0))
+        s.listen(backlog)
+        socks.append(s)
+        return s
+    yield make
+    for s in socks:
+        s.close()
+
+
+def closed_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]                  # bound, never listening: refused
+
+
+def full(listener):
+    """Fill a backlog-0 listener's queue, so that the next connect's SYN is dropped."""
+    fillers = []
+    while True:
+        s = socket.socket()
+        s.settimeout(0.3)
+        try:
+            s.connect(listener.getsockname())
+        except (socket.timeout, BlockingIOError):
+            s.close()
+            return fillers
+        fillers.append(s)
+
+
+def test_a_refused_server_is_blacklisted_and_the_next_one_taken(listening):
+    good = listening()
+    state = balancer_state(f"127.0.0.1:{closed_port()}", f"127.0.0.1:{good.getsockname()[1]}")
+    attempt = dial(state)
+    kind, index, sock = attempt.outcome
+    assert (kind, index) == ("connected", 1)
+    assert sock.getpeername() == good.getsockname()
+    sock.close()
+    assert state.servers[0].failures == 1 and state.servers[0].blacklisted(time.time())
+    assert state.servers[1].failures == 0
+
+
+def test_a_hung_connect_times_out_after_t_and_fails_over(listening):
+    hung, good = listening(backlog=0), listening()
+    fillers = full(hung)
+    state = balancer_state(f"127.0.0.1:{hung.getsockname()[1]}",
+                           f"127.0.0.1:{good.getsockname()[1]}", timeout="0.3")
+    started = time.monotonic()
+    attempt = dial(state)
+    took = time.monotonic() - started
+    assert attempt.outcome[:2] == ("connected", 1)
+    assert 0.3 <= took < 2.0
+    assert state.servers[0].failures == 1
+    attempt.outcome[2].close()
+    for s in fillers:
+        s.close()
+
+
+def test_no_server_left_says_nowhere():
+    state = balancer_state(f"127.0.0.1:{closed_port()}", f"127.0.0.1:{closed_port()}")
+    assert dial(state).outcome == ("nowhere", None)
+    assert [s.failures for s in state.servers] == [1, 1]
+
+
+def test_cancel_while_connecting_ends_it_quietly(listening):
+    hung = listening(backlog=0)
+    fillers = full(hung)
+    state = balancer_state(f"127.0.0.1:{hung.getsockname()[1]}", timeout="0.2")
+    attempt = Recorded(state)
+    attempt.start(None, time.time())
+    assert attempt.sock is not None                # waiting for the connect
+    sock = attempt.sock
+    attempt.cancel()
+    assert sock.fileno() == -1                     # closed
+    assert not attempt.ended.wait(0.5)             # past -t: no timeout, no failover
+    assert state.servers[0].failures == 0
+    for s in fillers:
+        s.close()
+
+
+def test_a_full_unix_backlog_is_waited_out(listening, tmp_path):
+    path = str(tmp_path / "server.sock")
+    server = listening(backlog=0, family=socket.AF_UNIX, path=path)
+    fillers = []
+    while True:                                    # fill it: connect(2) says EAGAIN
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_NONBLOCK)
+        err = s.connect_ex(path)
+        if err == errno.EAGAIN:
+            s.close()
+            break
+        assert err == 0, err
+        fillers.append(s)
+    state = balancer_state(path)
+    attempt = Recorded(state)
+    attempt.start(None, time.time())
+    assert attempt.sock is not None and not attempt.ended.is_set()   # waiting for room
+    server.accept()[0].close()                     # room for one more
+    assert attempt.ended.wait(5)
+    assert attempt.outcome[:2] == ("connected", 0)
+    assert state.servers[0].failures == 0
+    attempt.outcome[2].close()
+    for s in fillers:
+        s.close()
+
+
+def test_the_loop_moves_on_while_a_dial_waits(listening):
+    """Dialing blocks nothing: another greenlet runs while a connect hangs."""
+    hung = listening(backlog=0)
+    fillers = full(hung)
+    state = balancer_state(f"127.0.0.1:{hung.getsockname()[1]}", timeout="0.5")
+    attempt = Recorded(state)
+    attempt.start(None, time.time())
+    ran = gevent.spawn(lambda: "ran")
+    assert ran.get(timeout=0.2) == "ran" and not attempt.ended.is_set()
+    assert attempt.ended.wait(5) and attempt.outcome == ("nowhere", None)
+    for s in fillers:
+        s.close()
