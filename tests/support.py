@@ -33,6 +33,21 @@ _EPHEMERAL_LOW = _ephemeral_low()
 _PORTS = random.Random()                          # unaffected by tests that seed random
 
 
+def fill_backlog(listener) -> list:
+    """Fill a listen(0) socket's accept queue, so that the next connect's SYN is dropped and
+    that connect hangs (a server that never answers, on loopback). The fillers: close them."""
+    fillers = []
+    while True:
+        s = socket.socket()
+        s.settimeout(0.3)
+        try:
+            s.connect(listener.getsockname())
+        except (socket.timeout, BlockingIOError):
+            s.close()
+            return fillers
+        fillers.append(s)
+
+
 def free_port(host: str = "127.0.0.1", kind: int = socket.SOCK_STREAM) -> int:
     """A port nothing is bound to, below the kernel's ephemeral range: between this probe
     and the test's own bind, no automatic bind (a connect, pen's UDP session sockets, a TFTP

@@ -17,7 +17,7 @@ import time
 
 import pytest
 
-from support import ROOT, Backend, curl_json, free_port, run_pen, wait_for
+from support import ROOT, Backend, curl_json, fill_backlog, free_port, run_pen, wait_for
 
 PENCTL = "/usr/bin/penctl"          # Debian's pen package: the client pen's users script with
 C_PEN = "/usr/bin/pen"
@@ -519,16 +519,7 @@ def test_close_ends_a_connection_still_connecting(start_pen):
     hung = socket.socket()
     hung.bind(("127.0.0.1", 0))
     hung.listen(0)
-    fillers = []
-    while True:                        # fill its queue: the next SYN is dropped
-        s = socket.socket()
-        s.settimeout(0.3)
-        try:
-            s.connect(hung.getsockname())
-        except (socket.timeout, BlockingIOError):
-            s.close()
-            break
-        fillers.append(s)
+    fillers = fill_backlog(hung)
     try:
         pen, port, ctl = start_with_control(
             start_pen, "-t", "30", servers=[f"127.0.0.1:{hung.getsockname()[1]}"])

@@ -13,6 +13,7 @@ from gevent.event import Event
 from pen import cli
 from pen.addr import resolve
 from pen.dial import Dial
+from support import fill_backlog
 
 
 class Recorded(Dial):
@@ -70,20 +71,6 @@ def closed_port():
         return s.getsockname()[1]                  # bound, never listening: refused
 
 
-def full(listener):
-    """Fill a backlog-0 listener's queue, so that the next connect's SYN is dropped."""
-    fillers = []
-    while True:
-        s = socket.socket()
-        s.settimeout(0.3)
-        try:
-            s.connect(listener.getsockname())
-        except (socket.timeout, BlockingIOError):
-            s.close()
-            return fillers
-        fillers.append(s)
-
-
 def test_a_refused_server_is_blacklisted_and_the_next_one_taken(listening):
     good = listening()
     state = balancer_state(f"127.0.0.1:{closed_port()}", f"127.0.0.1:{good.getsockname()[1]}")
@@ -98,7 +85,7 @@ def test_a_refused_server_is_blacklisted_and_the_next_one_taken(listening):
 
 def test_a_hung_connect_times_out_after_t_and_fails_over(listening):
     hung, good = listening(backlog=0), listening()
-    fillers = full(hung)
+    fillers = fill_backlog(hung)
     state = balancer_state(f"127.0.0.1:{hung.getsockname()[1]}",
                            f"127.0.0.1:{good.getsockname()[1]}", timeout="0.3")
     started = time.monotonic()
@@ -120,7 +107,7 @@ def test_no_server_left_says_nowhere():
 
 def test_cancel_while_connecting_ends_it_quietly(listening):
     hung = listening(backlog=0)
-    fillers = full(hung)
+    fillers = fill_backlog(hung)
     state = balancer_state(f"127.0.0.1:{hung.getsockname()[1]}", timeout="0.2")
     attempt = Recorded(state)
     attempt.start(None, time.time())
@@ -162,7 +149,7 @@ def test_a_full_unix_backlog_is_waited_out(listening, tmp_path):
 def test_the_loop_moves_on_while_a_dial_waits(listening):
     """Dialing blocks nothing: another greenlet runs while a connect hangs."""
     hung = listening(backlog=0)
-    fillers = full(hung)
+    fillers = fill_backlog(hung)
     state = balancer_state(f"127.0.0.1:{hung.getsockname()[1]}", timeout="0.5")
     attempt = Recorded(state)
     attempt.start(None, time.time())
