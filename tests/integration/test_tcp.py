@@ -525,3 +525,24 @@ def test_version_and_long_option_errors():
     result = run_pen("--no-such-option", "80", "127.0.0.1")
     assert result.returncode == 1 and result.stderr == (
         "pen: --no-such-option: option --no-such-option not recognized\n")
+
+
+def pipes(pid: int) -> int:
+    """The pipes pid holds: a relay direction that splices holds one (two fds)."""
+    fds = f"/proc/{pid}/fd"
+    return sum(os.readlink(f"{fds}/{fd}").startswith("pipe:") for fd in os.listdir(fds))
+
+
+def test_a_keep_alive_connection_of_small_requests_never_splices(backends, start_pen):
+    """Only full reads count towards splicing: 320 KiB of small answers on one keep-alive
+    connection stay on recv/send (a pipe would cost two splices per small chunk). A
+    direction that splices keeps its pipe until the connection ends."""
+    pen, port = start_pen(servers=[backends[0].spec])
+    before = pipes(pen.proc.pid)
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    moved = 0
+    while moved < 320 * 1024:                  # more than relay.BULK (256 KiB)
+        conn.request("GET", "/bytes/2000")     # small answers: no read fills 64 KiB
+        moved += len(conn.getresponse().read())
+    assert pipes(pen.proc.pid) == before
+    conn.close()
