@@ -17,6 +17,7 @@ import logging
 import time
 from collections import Counter, OrderedDict
 from dataclasses import dataclass, field
+from ipaddress import IPv4Address
 from typing import Any, Callable
 
 from .acl import AccessLists
@@ -128,11 +129,12 @@ class ClientTable:
 
     def lookup(self, ip, now: float, tracking: float) -> Client | None:
         """The client's slot, unless it is older than the tracking time (0 = forever)."""
-        client = self._clients.get(ip)
+        key = ip._ip if type(ip) is IPv4Address else ip      # (see touch)
+        client = self._clients.get(key)
         if client is None:
             return None
         if tracking > 0 and now - client.last > tracking:
-            self._drop(self._clients.pop(ip))
+            self._drop(self._clients.pop(key))
             return None
         return client
 
@@ -141,16 +143,20 @@ class ClientTable:
 
     def touch(self, ip, now: float) -> Client:
         """The client's slot, made most recently used; created (evicting the LRU one) if new."""
-        client = self._clients.get(ip)
+        # An IPv4 client is keyed by its number: an int hashes in C, where an IPv4Address
+        # hashes in Python (hex of its number), twice per connection. IPv6 keeps its object
+        # (which never equals an int) and UNIX peers None.
+        key = ip._ip if type(ip) is IPv4Address else ip
+        client = self._clients.get(key)
         if client is None:
             if self.slots <= 0:
                 return Client(ip, last=now)          # a table of no slots remembers nothing
             while len(self._clients) >= self.slots:
                 self._drop(self._clients.popitem(last=False)[1])
             slot = heapq.heappop(self._free) if self._free else len(self._clients)
-            client = self._clients[ip] = Client(ip, slot=slot)
+            client = self._clients[key] = Client(ip, slot=slot)
         else:
-            self._clients.move_to_end(ip)
+            self._clients.move_to_end(key)
         client.last = now
         return client
 

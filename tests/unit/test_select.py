@@ -55,6 +55,20 @@ def test_tracking_time_forgets_old_clients():
     assert connect(state, A, now=NOW + 100) == 2
 
 
+def test_client_table_keys_an_address_by_value_and_family():
+    """IPv4 clients are keyed by their number: 0.0.0.1 and ::1 stay two clients, and two
+    objects for one address are one."""
+    state = state_with()
+    v4, v6 = ipaddress.ip_address("0.0.0.1"), ipaddress.ip_address("::1")
+    first = state.clients.touch(v4, NOW)
+    assert state.clients.touch(ipaddress.ip_address("0.0.0.1"), NOW + 1) is first
+    assert state.clients.touch(v6, NOW + 2) is not first
+    assert len(state.clients) == 2
+    assert state.clients.lookup(v6, NOW + 3, 0).ip == v6
+    assert [c.ip for c in state.clients] == [v4, v6]
+    assert state.clients.lookup(None, NOW, 0) is None            # a UNIX peer: none yet
+
+
 def test_client_table_evicts_least_recently_used():
     state = state_with()
     state.clients.resize(2)
