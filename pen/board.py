@@ -13,6 +13,7 @@ board. With one worker none of this exists: the plain classes are the fast path.
 
 from __future__ import annotations
 
+import dataclasses
 import mmap
 import os
 
@@ -26,6 +27,10 @@ HEADER = ("heartbeat", "pid", "accepted", "live")     # live: connections held n
 SLOTS = CAPACITY + 2
 ROW = len(HEADER) + SLOTS * len(FIELDS)
 _AT = {name: i for i, name in enumerate(FIELDS)}
+# A Server's fields that stay the process's own (its settings): share() carries them over.
+# The board's fields start from the board; health is the group's (the parent's checks).
+_OWN = tuple(f.name for f in dataclasses.fields(Server)
+             if f.name not in (*FIELDS, "index", "endpoint", "health"))
 
 
 def size(workers: int) -> int:
@@ -118,8 +123,7 @@ def share(state: State, board: Board) -> None:
         if old is None:
             return None
         new = server_class(old.index, old.endpoint)
-        for name in ("max", "hard", "weight", "prio", "acl", "proxy_protocol", "check",
-                     "admin"):
+        for name in _OWN:
             setattr(new, name, getattr(old, name))
         return new
 

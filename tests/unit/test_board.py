@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 from pen import board as shared
-from pen.state import State
+from pen.state import Server, State
 
 
 def group(workers=2):
@@ -87,3 +89,20 @@ def test_the_connection_limit_counts_every_workers_connections():
     assert (w0.elsewhere(), w1.elsewhere(), parent.elsewhere()) == (1, 3, 4)
     w1.close_connection(conn)
     assert w0.elsewhere() == 0
+
+
+def test_sharing_keeps_every_setting_of_a_server():
+    """share() carries each of a Server's own fields over (a field added to Server later
+    included): only the board's counts and the group's health start anew."""
+    state = State()
+    state.server(0)
+    on_board = {*shared.FIELDS, "index", "endpoint", "health"}
+    own = [f.name for f in dataclasses.fields(Server) if f.name not in on_board]
+    assert {"max", "hard", "weight", "prio", "acl", "proxy_protocol", "check",
+            "admin"} <= set(own)
+    settings = {name: object() for name in own}
+    for name, value in settings.items():
+        setattr(state.servers[0], name, value)
+    shared.share(state, shared.Board(bytearray(shared.size(1)), 1, 0))
+    assert type(state.servers[0]).__name__ == "SharedServer"
+    assert {name: getattr(state.servers[0], name) for name in own} == settings
