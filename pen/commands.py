@@ -191,7 +191,7 @@ def ssl_option(state: State, args: list) -> str:
     return ""
 
 
-@command("mode")
+@command("mode", whole=True)
 def mode(state: State, args: list) -> str:
     names = ("hash", "roundrobin", "stubborn", "weight", "prio")
     answer = " ".join(n if getattr(state, n) else "no " + n for n in names)
@@ -267,7 +267,7 @@ setting("upgrade_grace", "upgrade_grace", integer=False, echo=False)
 MAX_WORKERS = 256
 
 
-@command("workers")
+@command("workers", whole=True)
 def workers(state: State, args: list) -> str:
     """workers [N|auto]: how many processes serve (group.py); set at start-up only."""
     if not at_most(args, 1, "workers [N|auto]"):
@@ -292,7 +292,7 @@ def no_accept_proxy(state: State, args: list) -> str:
     return ""
 
 
-@command("servers")
+@command("servers", whole=True)
 def servers(state: State, args: list) -> str:
     return "".join(
         f"{s.index} addr {s.address} port {s.listed_port} conn {s.conn} max {s.max} hard {s.hard} "
@@ -374,7 +374,7 @@ def no_acl(state: State, args: list) -> str:
 
 # --- the running balancer -------------------------------------------------------------
 
-@command("pid")
+@command("pid", whole=True)
 def pid(state: State, args: list) -> str:
     return str(os.getpid())
 
@@ -394,12 +394,12 @@ def listen(state: State, args: list) -> str:
     return ""
 
 
-@command("control")
+@command("control", whole=True)
 def control(state: State, args: list) -> str:
     return str(state.control) if state.control else ""
 
 
-@command("recent")
+@command("recent", whole=True)
 def recent(state: State, args: list) -> str:
     seconds = number(at_most(args, 1, "recent [S]")[0], "recent", integer=False) if args else 300
     since = time.time() - seconds
@@ -418,7 +418,7 @@ def _slot(state: State, args: list, name: str) -> int | str:
     return n
 
 
-@command("connection")
+@command("connection", whole=True)
 def connection(state: State, args: list) -> str:
     state.process.refresh()
     n = _slot(state, args, "connection")
@@ -452,12 +452,12 @@ def close(state: State, args: list) -> str:
     return f"Forcibly closing connection {n}\n"
 
 
-@command("socket")
+@command("socket", whole=True)
 def socket_(state: State, args: list) -> str:
     return "socket: pen-lb has no socket table; see `connection N`\n"
 
 
-@command("exit")
+@command("exit", whole=True)
 def exit_(state: State, args: list) -> str:
     if not state.allow_exit:
         return "Exit is not enabled; restart with -X flag\n"           # pen's answer
@@ -465,7 +465,7 @@ def exit_(state: State, args: list) -> str:
     return ""
 
 
-@command("status")
+@command("status", whole=True)
 def status(state: State, args: list) -> str:
     """status [html|json|prometheus]: the report; html is also written to the -w file."""
     fmt = at_most(args, 1, "status [html|json|prometheus]")[0] if args else "html"
@@ -478,7 +478,7 @@ def status(state: State, args: list) -> str:
     return text
 
 
-@command("metrics")
+@command("metrics", whole=True)
 def metrics(state: State, args: list) -> str:
     """Prometheus text metrics (the same as `status prometheus`)."""
     at_most(args, 0, "metrics")
@@ -494,7 +494,7 @@ def include(state: State, args: list) -> str:
     return ""
 
 
-@command("write")
+@command("write", whole=True)
 def write(state: State, args: list) -> str:
     target = args[0] if args else state.config_file
     if not target:

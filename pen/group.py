@@ -38,6 +38,7 @@ from .errors import CommandError, UsageError
 from .logs import set_debug, setup_logging
 from .member import ENV, HEARTBEAT, ChannelError, recv_frame, send_frame
 from .notify import notify
+from .registry import WHOLE
 from .runtime import Options, announce, check_transparent, handle_signals, report, socktype
 from .sockets import bind
 from .state import Client, Connection, State
@@ -49,11 +50,6 @@ STARTING = 30.0           # seconds a new worker gets to beat first (imports, -F
 SUPERVISE = 0.1           # seconds between looks at the workers
 ASK = 5.0                 # seconds a worker gets to answer the parent
 GRACE = 15.0              # seconds the parent waits for draining workers after SIGTERM
-
-# questions the parent answers alone: its State has the configuration, the board the
-# servers' counts, and refresh() gathers the workers' tables (status, recent, connection)
-PARENT = {"exit", "write", "pid", "control", "socket", "workers", "servers", "mode",
-          "health", "connection", "recent", "status", "metrics"}
 
 
 def check(state: State, opts: Options) -> None:
@@ -238,8 +234,8 @@ class Group:
             reply = commands.execute(self.state, line)
         except CommandError as e:
             return f"{e}\n"                   # the workers are not asked
-        if name in PARENT:
-            return reply
+        if name in WHOLE:      # the parent's State has the settings, the board the counts,
+            return reply       # and refresh() gathers the workers' tables (status, recent)
         for worker, answer in zip(self.workers,
                                   self.ask_all({"op": "run", "line": line}), strict=True):
             if answer is not None and answer.get("answer") != reply:

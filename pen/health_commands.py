@@ -110,7 +110,7 @@ def no_metrics_port(state: State, args: list) -> str:
     return ""
 
 
-@command("health")
+@command("health", whole=True)
 def health_(state: State, args: list) -> str:
     at_most(args, 0, "health")
     now = time.time()

@@ -11,11 +11,17 @@ from .state import State
 
 Handler = Callable[[State, list], str]
 COMMANDS: dict[str, Handler] = {}      # "name" and "no name" -> handler
+# Commands that answer or act for the balancer as a whole (a question, `write`, `exit`):
+# a worker group runs them on its parent alone; any other command reaches every worker.
+WHOLE: set[str] = set()
 
-def command(*names: str):
+
+def command(*names: str, whole: bool = False):
     def register(fn: Handler) -> Handler:
         for name in names:
             COMMANDS[name] = fn
+            if whole:
+                WHOLE.add(name)
         return fn
     return register
 

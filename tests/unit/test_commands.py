@@ -2,7 +2,8 @@
 
 import pytest
 
-from pen import cli, commands
+from pen import cli, commands, registry
+from pen.errors import CommandError
 from pen.state import State
 
 
@@ -216,3 +217,18 @@ def test_unix_servers_show_port_1_and_survive_write(tmp_path):
     assert copy.servers[0].endpoint.path == "/run/app.sock"
     ask(state, "server 0 address /run/other.sock port 1")
     assert state.servers[0].endpoint.path == "/run/other.sock"
+
+
+@pytest.mark.parametrize("name", sorted(registry.WHOLE - {"exit", "write"}))
+def test_commands_a_worker_group_runs_once_change_no_setting(name):
+    """A worker group's parent answers the commands marked `whole` alone (group.py): so
+    each of them, bar `write` and `exit`, must be a question, changing nothing."""
+    state = state_from("-r", "-x", "50", "-O", "acl 1 permit 10.0.0.1", "127.0.0.1:8000",
+                       "127.0.0.1:8001")
+    before = commands.dump(state)
+    for line in (name, f"{name} 0", f"{name} 1 2"):
+        try:
+            commands.execute(state, line)
+        except CommandError:
+            pass
+    assert commands.dump(state) == before
