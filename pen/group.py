@@ -119,8 +119,7 @@ class Group:
             self.control = control.ControlServer(gsocket.socket(fileno=control_sock.detach()),
                                                  state, answer=self.answer)
         self.monitor = monitor.Monitor(state, metrics_sock=metrics_sock)   # checks, metrics
-        self.own = Counter(state.counters)      # the parent's events; gather() adds the
-        state.count = self.count                # workers' to them in state.counters
+        self.theirs = Counter()                 # the workers' events in state.counters
 
     # workers ----------------------------------------------------------------------------
 
@@ -283,16 +282,15 @@ class Group:
         state.connections = dict(sorted(connections.items()))
         clients.sort(key=lambda c: c.last)          # least recently used first, as a table
         state.clients = Snapshot(state.clients.slots, clients)
-        state.counters = self.own + Counter(counters)
+        # the parent's own events (control_refused, worker_restarts...) and the workers'
+        state.counters.subtract(self.theirs)
+        state.counters.update(counters)
+        state.counters = +state.counters          # (a restarted worker's events start anew)
+        self.theirs = counters
         state.accepted = accepted
         state.worker_table = [{"row": w.row, "pid": w.pid, "restarts": w.restarts,
                                "heartbeat_age": round(time.monotonic() - self.board.header(
                                    "heartbeat", w.row), 2)} for w in self.workers]
-
-    def count(self, event: str) -> None:
-        """The parent's own events (control_refused, worker_restarts...)."""
-        self.own[event] += 1
-        self.state.counters[event] += 1
 
     # process hooks (hooks.ProcessHooks) -------------------------------------------------
 

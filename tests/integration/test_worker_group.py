@@ -210,6 +210,9 @@ def test_a_killed_worker_comes_back_on_the_same_socket(group):
     assert {c["address"]: c["slot"] % 2 for c in status["clients"]
             if c["address"] in before} == row_of
     assert status["workers"][0]["pid"] != victim and status["workers"][0]["restarts"] == 1
+    # the parent's own event beside the workers' (each gather adds theirs afresh)
+    assert status["events"]["worker_restarts"] == 1
+    assert status_of(ctl)["events"]["worker_restarts"] == 1
     # ...and worker 1's clients kept their table entries, so their servers
     survivors = [a for a in ADDRESSES if row_of[a] == 1]
     assert survivors and all(after[a] == before[a] for a in survivors)
