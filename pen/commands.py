@@ -294,6 +294,7 @@ def no_accept_proxy(state: State, args: list) -> str:
 
 @command("servers", whole=True)
 def servers(state: State, args: list) -> str:
+    state.process.refresh()                      # the bytes moved until now
     return "".join(
         f"{s.index} addr {s.address} port {s.listed_port} conn {s.conn} max {s.max} hard {s.hard} "
         f"weight {s.weight} prio {s.prio} sx {s.sx} rx {s.rx}\n"

@@ -42,8 +42,9 @@ class ProcessHooks(Protocol):
         """Check server at once (UDP silence asks); nothing without a check."""
 
     def refresh(self) -> None:
-        """Before a report of the live tables (connections, clients, events): a worker
-        group's parent gathers its workers' (group.py); one process has them already."""
+        """Before a report of the live tables and counts (connections, clients, bytes,
+        events): a worker group's parent gathers its workers' (group.py); one process
+        has its relays count what they moved."""
 
 
 class Offline:

@@ -127,6 +127,7 @@ class Member:
         if op == "run":
             return {"answer": commands.answer(state, request["line"])}
         if op == "snapshot":
+            self.runtime.refresh()
             return snapshot(state)
         if op == "retire":           # an upgrade: the new group serves; drain, then exit
             runtime = self.runtime

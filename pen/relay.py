@@ -51,7 +51,9 @@ class Relay:
     goes to the server (`transform`) or to the client (`reply_transform`); one that
     raises errors.Refused (http.Rejected, for one) has its answer sent back and ends the
     relay, leaving the refusal in `refused`. to_server(n) and to_client(n) count the bytes
-    read each way.
+    read each way: not per chunk (a call per chunk cost a keep-alive request a fifth of its
+    user time) but when settle() is called, by whoever is about to read the counts, and
+    when the relay ends.
 
     The loop is the hub's unless given: all the relay asks of it is io(fd, events) and
     timer(seconds) watchers, so tests can drive it without sockets or a hub."""
@@ -94,11 +96,19 @@ class Relay:
         if self.open == 0:
             self.close()
 
+    def settle(self) -> None:
+        """Count the bytes moved since the last call (to_server, to_client)."""
+        for direction in self.directions:
+            if direction.moved:
+                direction.count(direction.moved)
+                direction.moved = 0
+
     def close(self) -> None:
-        """End the relay (at most once): stop watching, then on_end()."""
+        """End the relay (at most once): stop watching, count, then on_end()."""
         if self.closed:
             return
         self.closed = True
+        self.settle()
         for direction in self.directions:
             direction.stop()
         if self.timer is not None:
@@ -113,13 +123,14 @@ class _Direction:
     """src -> dst. Reading stops while dst cannot take what was read (backpressure);
     what is left waits in `pending` (bytes) or in the pipe (`piped` bytes, splice mode)."""
 
-    __slots__ = ("relay", "src", "dst", "recv", "send", "buffered", "count", "transform",
-                 "fastclose", "reader", "writer", "pending", "bulk_left", "pipe", "piped",
-                 "eof")
+    __slots__ = ("relay", "src", "dst", "recv", "send", "buffered", "count", "moved",
+                 "transform", "fastclose", "reader", "writer", "pending", "bulk_left", "pipe",
+                 "piped", "eof")
 
     def __init__(self, relay, loop, src, dst, count, transform, fastclose) -> None:
         self.relay, self.src, self.dst = relay, src, dst
         self.count, self.transform, self.fastclose = count, transform, fastclose
+        self.moved = 0                     # bytes read and not yet counted (Relay.settle)
         if type(src) is socket.socket:     # (the usual case, without a call)
             self.recv, self.buffered = src.recv, None
         else:
@@ -174,7 +185,7 @@ class _Direction:
                     return self.end()
                 n = len(data)
                 self.relay.last = time.monotonic()
-                self.count(n)
+                self.moved += n
                 if self.transform is not None:
                     try:
                         data = self.transform.feed(data)
@@ -300,7 +311,7 @@ class _Direction:
             self.end()
             return False
         self.relay.last = time.monotonic()
-        self.count(n)
+        self.moved += n
         self.piped = n
         return self.splice_out() and n == BUFSIZE
 

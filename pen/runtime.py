@@ -127,7 +127,11 @@ class Runtime:
             self.monitor.check_now(server)
 
     def refresh(self) -> None:
-        pass                       # one process: its tables are the balancer's
+        """One process: its tables are the balancer's, once its relays have counted the
+        bytes they moved (relay.Relay.settle)."""
+        for conn in list(self.state.connections.values()):
+            if conn.relay is not None:
+                conn.relay.settle()
 
     def backend_tls(self):
         """The balancer's current ssl_backend context (it follows reloads), or None."""

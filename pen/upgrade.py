@@ -63,6 +63,7 @@ def start_successor(argv: list[str], cwd: str, sockets: dict[str, socket.socket]
         theirs.close()
     try:
         socket.send_fds(ours, [b"S"], [sockets[n].fileno() for n in names])
+        state.process.refresh()             # the clients' bytes until now
         document = snapshot(state, names)
         ours.sendall(b"%d\n" % len(document) + document)
     except OSError as e:

@@ -539,3 +539,27 @@ def test_close_ends_a_connection_still_connecting(start_pen):
         hung.close()
         for s in fillers:
             s.close()
+
+
+def test_a_held_connections_bytes_show_while_it_is_open(backends, start_pen):
+    """The relay counts bytes when asked (status, servers, connection N), not per chunk:
+    a connection still open shows what it moved so far, everywhere."""
+    pen, port, ctl = start_with_control(start_pen, servers=[backends[0].spec])
+    idle(ctl)
+    request = b"GET /bytes/5000 HTTP/1.1\r\nHost: x\r\n\r\n"
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as keep:
+        keep.sendall(request)
+        reply = b""
+        while len(reply) < 5000 or b"\r\n\r\n" not in reply:
+            chunk = keep.recv(65536)
+            assert chunk, reply
+            reply += chunk
+        status = json.loads(penctl(ctl, "status", "json"))
+        [conn] = status["connections"]
+        assert (conn["sent"], conn["received"]) == (len(request), len(reply))
+        server = status["servers"][0]
+        assert server["sent"] >= len(request) and server["received"] >= len(reply)
+        sx, rx = map(int, re.search(r" sx (\d+) rx (\d+)", penctl(ctl, "servers")).groups())
+        assert (sx, rx) == (server["sent"], server["received"])
+        text = penctl(ctl, "connection", str(conn["id"]))
+        assert f"sx = {len(request)}, rx = {len(reply)}" in text

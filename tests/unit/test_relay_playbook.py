@@ -136,7 +136,7 @@ def playbook(**options):
     return relay, loop, client, server, counted
 
 
-def test_bytes_move_both_ways_and_are_counted():
+def test_bytes_move_both_ways_and_are_counted_when_settled():
     relay, loop, client, server, counted = playbook()
     client.incoming.append(b"GET / HTTP/1.0\r\n\r\n")
     loop.readable(client)
@@ -144,8 +144,15 @@ def test_bytes_move_both_ways_and_are_counted():
     loop.readable(server)
     assert bytes(server.sent) == b"GET / HTTP/1.0\r\n\r\n"
     assert bytes(client.sent) == b"HTTP/1.0 200 OK\r\n\r\n"
+    assert counted == {"to_server": 0, "to_client": 0}     # no call per chunk
+    relay.settle()
     assert counted == {"to_server": 18, "to_client": 19}
-    assert not relay.closed
+    relay.settle()                                        # counted once
+    assert counted == {"to_server": 18, "to_client": 19}
+    client.incoming.append(b"more")
+    loop.readable(client)
+    relay.close()                                         # the end counts the rest
+    assert counted == {"to_server": 22, "to_client": 19}
 
 
 def test_client_half_close_is_passed_on_and_the_server_may_still_answer():
