@@ -115,7 +115,11 @@ class Listener:
             client.setblocking(False)
             conn = state.open_connection(address)
             holding[key] += 1
-            balancer.handle(conn, client, address)
+            try:
+                balancer.handle(conn, client, address)
+            except Exception:       # a bug must cost this connection, not the accept loop
+                log.exception("connection %d: setting it up failed", conn.id)
+                balancer.finish(conn, address, client, None)
             if full:          # the evicted one ends before the next accept: one at a time
                 return
 

@@ -8,6 +8,7 @@ import time
 
 import gevent
 import pytest
+from gevent import socket as gsocket
 from gevent.event import Event
 
 from pen import cli
@@ -158,3 +159,27 @@ def test_the_loop_moves_on_while_a_dial_waits(listening):
     assert attempt.ended.wait(5) and attempt.outcome == ("nowhere", None)
     for s in fillers:
         s.close()
+
+
+def test_a_connection_whose_setup_raises_is_closed_and_accepting_goes_on(listening):
+    """A bug while a connection is set up (from the accept callback) costs that connection:
+    it is counted out and closed, and the next client is accepted."""
+    from pen.tcp import TcpBalancer
+
+    class Broken(TcpBalancer):
+        def handle(self, conn, client, address):
+            raise RuntimeError("a bug")
+
+    good = listening()
+    state = balancer_state(f"127.0.0.1:{good.getsockname()[1]}")
+    front = socket.create_server(("127.0.0.1", 0))
+    balancer = Broken(state, front)
+    balancer.start()
+    try:
+        for _ in range(2):
+            with gsocket.create_connection(front.getsockname(), timeout=5) as client:
+                assert client.recv(10) == b""               # (gevent's: the loop runs)
+        assert state.connections == {} and not balancer.holding
+        assert state.accepted == 2
+    finally:
+        balancer.close()
