@@ -19,23 +19,25 @@ import gevent
 from .select import candidates
 from .sockets import OUT_OF_FDS, server_socket
 
-_IN_PROGRESS = (errno.EINPROGRESS, errno.EALREADY, errno.EWOULDBLOCK)
+_IN_PROGRESS = (errno.EINPROGRESS, errno.EALREADY)
 _CONNECTED = (0, errno.EISCONN)
 _WRITE = 2
+RETRY = 0.01        # a UNIX server's backlog is full: ask again this often (see wait)
 
 
 class Dial:
     """One client's way to a server: start() begins; then exactly one of the two hooks a
     subclass gives is called. connected(server, sock): the caller owns sock from there,
     and may still call failed(server, why) to go on to the next server. nowhere(why): why
-    is None when no server would take the client, else the reason we could not try (out
-    of fds). cancel() ends it quietly (`close N`)."""
+    is None when no server would take the client, else the reason we could not try: our
+    own shortage (out of fds, or no local port left: EAGAIN from a TCP connect), which
+    blames no server. cancel() ends it quietly (`close N`)."""
 
-    __slots__ = ("state", "client", "hooks", "servers", "server", "sock", "writer", "timer")
+    __slots__ = ("state", "client", "hooks", "servers", "server", "sock", "waiter", "timer")
 
     def __init__(self, state, client, hooks) -> None:
         self.state, self.client, self.hooks = state, client, hooks
-        self.servers = self.server = self.sock = self.writer = self.timer = None
+        self.servers = self.server = self.sock = self.waiter = self.timer = None
 
     def connected(self, server, sock) -> None:
         raise NotImplementedError
@@ -67,8 +69,13 @@ class Dial:
                 err = sock.connect_ex(sockaddr)
             if err in _CONNECTED:
                 return self.connected(server, sock)
-            if err in _IN_PROGRESS or (err == errno.EAGAIN and sock.family == socket.AF_UNIX):
-                return self.wait(server, sock, err)
+            if err in _IN_PROGRESS:
+                return self.wait(server, sock)
+            if err == errno.EAGAIN:
+                if sock.family == socket.AF_UNIX:           # the server's backlog is full
+                    return self.wait(server, sock, full=True)
+                sock.close()                                # no local port: our shortage
+                return self.end("no local port for a connect")
             sock.close()
             self.state.server_failed(server, f"failed: {os.strerror(err)}", time.time())
         self.end(None)
@@ -85,29 +92,38 @@ class Dial:
 
     # waiting for a connect in progress -------------------------------------------------
 
-    def wait(self, server, sock, err: int) -> None:
-        """Until writable: connected or refused; or, for EAGAIN (a UNIX server's backlog
-        is full), room to connect again. At most -t seconds."""
+    def wait(self, server, sock, full: bool = False) -> None:
+        """Until writable: connected or refused. At most -t seconds. A UNIX server whose
+        backlog is full is asked again every RETRY seconds: its fd tells nothing (a
+        socket that is not connected yet is always writable)."""
         loop = gevent.get_hub().loop
         self.server, self.sock = server, sock
-        self.writer = loop.io(sock.fileno(), _WRITE)
-        self.writer.start(self.writable, err == errno.EAGAIN)
+        if full:
+            self.waiter = loop.timer(RETRY, RETRY)
+            self.waiter.start(self.again)
+        else:
+            self.waiter = loop.io(sock.fileno(), _WRITE)
+            self.waiter.start(self.writable)
         if self.state.timeout:
             self.timer = loop.timer(self.state.timeout)
             self.timer.start(self.timed_out, update=True)    # -t from now, not loop time
 
-    def writable(self, retry: bool) -> None:
+    def again(self) -> None:
+        err = self.sock.connect_ex(self.server.endpoint.sockaddr)
+        if err == errno.EAGAIN:
+            return                                 # still full: the timer asks again
+        self.waiter.stop()
+        if err in _IN_PROGRESS:
+            self.waiter = gevent.get_hub().loop.io(self.sock.fileno(), _WRITE)
+            self.waiter.start(self.writable)
+            return
+        self.answered(err)
+
+    def writable(self) -> None:
+        self.answered(self.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR))
+
+    def answered(self, err: int) -> None:
         server, sock = self.server, self.sock
-        if retry:
-            err = sock.connect_ex(server.endpoint.sockaddr)
-            if err == errno.EAGAIN:
-                return                                 # still full: wait on
-            if err in _IN_PROGRESS:
-                self.writer.stop()                     # wait again, for its result now
-                self.writer.start(self.writable, False)
-                return
-        else:
-            err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
         self.stop(close=False)
         if err and err != errno.EISCONN:
             sock.close()
@@ -123,9 +139,9 @@ class Dial:
 
     def stop(self, close: bool = True) -> None:
         """Stop waiting (closing the socket unless it is handed on)."""
-        if self.writer is not None:
-            self.writer.stop()
-            self.writer = None
+        if self.waiter is not None:
+            self.waiter.stop()
+            self.waiter = None
         if self.timer is not None:
             self.timer.stop()
             self.timer = None

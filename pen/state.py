@@ -172,7 +172,8 @@ class Connection:
 
     id: int
     client: Any                   # (ip, port) or UNIX peer name (a PROXY header's source)
-    destination: Any = None       # the address the client reached, from a PROXY header
+    destination: Any = None       # the address the client reached (a PROXY header's; or
+    #                               noted before a TLS layer hides the accepted socket)
     server: Server | None = None
     entry: Client | None = None   # the client's slot in the client table
     started: float = field(default_factory=time.time)

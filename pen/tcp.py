@@ -118,8 +118,7 @@ class Listener:
             try:
                 balancer.handle(conn, client, address)
             except Exception:       # a bug must cost this connection, not the accept loop
-                log.exception("connection %d: setting it up failed", conn.id)
-                balancer.finish(conn, address, client, None)
+                balancer.broken(conn, address, client)
             if full:          # the evicted one ends before the next accept: one at a time
                 return
 
@@ -234,12 +233,16 @@ class TcpBalancer:
         try:
             if (not trusted or self.state.accept_proxy < 0
                     or self.take_proxy_header(conn, accepted)):
+                if conn.destination is None and self.layered_clients:
+                    conn.destination = accepted.getsockname()   # TLS hides the socket
                 client = self.wrap_client(accepted, conn.client)
+            if client is not None:
+                return self.dial(conn, client, accepted, address, trusted)
         except Closed:
             log.debug("connection %s: closed by close N or shutdown", conn.id)
-        if client is None:
-            return self.finish(conn, address, accepted, None)
-        self.dial(conn, client, accepted, address, trusted)
+        except Exception:
+            return self.broken(conn, address, client or accepted)
+        self.finish(conn, address, accepted, None)
 
     def dial(self, conn: Connection, client, accepted, address, trusted: bool) -> None:
         setup = Setup(self, conn, client, accepted, address, trusted)
@@ -250,6 +253,9 @@ class TcpBalancer:
         """A greenlet for the server connection's layer (TLS, ssl_backend); a failure
         fails the server over."""
         conn = setup.conn
+        if conn.close != setup.close:     # closed before this greenlet ran (!=: a bound
+            # method is a new object at each look-up)
+            return _close(sock)
         conn.close = _closer(conn, getcurrent())
         try:
             upstream = self.wrap_upstream(sock, server)
@@ -261,7 +267,18 @@ class TcpBalancer:
             log.debug("connection %s: closed by close N or shutdown", conn.id)
             _close(sock)
             return self.finish(conn, setup.address, setup.stream, None)
+        except Exception:
+            return self.broken(conn, setup.address, setup.stream, sock)
         self.established(setup, server, upstream)
+
+    def broken(self, conn: Connection, address, client, *socks) -> None:
+        """A bug while conn was set up: log it, and end conn whatever stage it reached."""
+        log.exception("connection %d: setting it up failed", conn.id)
+        _close(*socks)
+        if conn.relay is not None:
+            conn.relay.close()                   # (its end finishes the connection)
+        elif self.state.connections.get(conn.id) is conn:      # not finished yet
+            self.finish(conn, address, client, None)
 
     def established(self, setup: "Setup", server: Server, upstream) -> None:
         """Connected (and layered): count the client in, relay."""
@@ -362,18 +379,22 @@ class Setup(Dial):
 
     def connected(self, server: Server, sock) -> None:
         balancer = self.balancer
-        version = server.proxy_version(self.state.proxy_protocol)
-        if version:
-            try:
-                send_proxy_header(sock, version, self.conn.client,
-                                  self.conn.destination or self.accepted.getsockname())
-            except OSError as e:
-                sock.close()
-                return self.failed(server, e.strerror or str(e))
-        if balancer.layered_servers:
-            greenlets.spawn(balancer.layer_upstream, self, server, sock)
-        else:
-            balancer.established(self, server, sock)
+        try:
+            version = server.proxy_version(self.state.proxy_protocol)
+            if version:
+                try:
+                    send_proxy_header(sock, version, self.conn.client,
+                                      self.conn.destination or self.accepted.getsockname())
+                except OSError as e:
+                    sock.close()
+                    return self.failed(server, e.strerror or str(e))
+            if balancer.layered_servers:
+                greenlets.spawn(balancer.layer_upstream, self, server, sock)
+            else:
+                balancer.established(self, server, sock)
+        except Exception:                # (from a loop callback: nobody else would)
+            self.cancel()
+            balancer.broken(self.conn, self.address, self.stream, sock)
 
     def nowhere(self, why: str | None) -> None:
         if why is not None:
@@ -471,6 +492,8 @@ def _closer(conn: Connection, greenlet):
     def throw() -> None:
         if conn.close is close:
             greenlet.throw(Closed)
+        elif conn.close is not None:      # it moved on (to its dial) meanwhile: close that
+            conn.close()
     return close
 
 

@@ -13,7 +13,7 @@ from gevent.event import Event
 
 from pen import cli
 from pen.addr import resolve
-from pen.dial import Dial
+from pen.dial import RETRY, Dial
 from support import fill_backlog
 
 
@@ -135,9 +135,20 @@ def test_a_full_unix_backlog_is_waited_out(listening, tmp_path):
         assert err == 0, err
         fillers.append(s)
     state = balancer_state(path)
-    attempt = Recorded(state)
+
+    class Counted(Recorded):
+        __slots__ = ("asked",)
+
+        def again(self):
+            self.asked += 1
+            super().again()
+    attempt = Counted(state)
+    attempt.asked = 0
     attempt.start(None, time.time())
-    assert attempt.sock is not None and not attempt.ended.is_set()   # waiting for room
+    assert attempt.sock is not None and not attempt.ended.wait(0.3)   # waiting for room
+    # asked again now and then (every dial.RETRY s), not on every turn of the loop: the
+    # fd of a socket not yet connected is always writable, so waiting on it would spin
+    assert 5 <= attempt.asked <= 0.3 / RETRY + 5
     server.accept()[0].close()                     # room for one more
     assert attempt.ended.wait(5)
     assert attempt.outcome[:2] == ("connected", 0)
@@ -181,5 +192,39 @@ def test_a_connection_whose_setup_raises_is_closed_and_accepting_goes_on(listeni
                 assert client.recv(10) == b""               # (gevent's: the loop runs)
         assert state.connections == {} and not balancer.holding
         assert state.accepted == 2
+    finally:
+        balancer.close()
+
+
+def test_a_connection_closed_before_its_server_layer_starts_stays_closed(listening):
+    """ssl_backend: the server's TLS layer is set up in a greenlet that starts on the next
+    turn of the loop. A `close N` (or an eviction) before then ends the connection for good:
+    the greenlet does nothing, and no server count is left behind."""
+    from pen.tcp import TcpBalancer
+
+    class Layered(TcpBalancer):
+        layered_servers = True
+        wrapped = 0
+
+        def wrap_upstream(self, sock, server):
+            Layered.wrapped += 1
+            return sock
+
+        def handle(self, conn, client, address):
+            super().handle(conn, client, address)    # connected at once (loopback)
+            conn.close()                             # close N, in the same loop turn
+
+    good = listening()
+    state = balancer_state(f"127.0.0.1:{good.getsockname()[1]}")
+    front = socket.create_server(("127.0.0.1", 0))
+    balancer = Layered(state, front)
+    balancer.start()
+    try:
+        with gsocket.create_connection(front.getsockname(), timeout=5) as client:
+            assert client.recv(10) == b""
+        gevent.idle()                                # every queued greenlet has run
+        assert Layered.wrapped == 0
+        assert state.connections == {} and state.servers[0].conn == 0
+        assert not balancer.holding
     finally:
         balancer.close()

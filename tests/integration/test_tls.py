@@ -342,3 +342,36 @@ def test_ssl_backend_reencrypts_and_verifies_with_the_ca(ca, pki, start_pen):
                  what="the unverifiable server to be reported")
     finally:
         server.stop()
+
+
+def test_a_tls_client_reaches_a_server_that_wants_a_proxy_header(pki, start_pen):
+    """-E with proxy_protocol v1 towards the server: the header names the address the client
+    reached, taken before the TLS layer hid the accepted socket (it once failed with
+    EBADF there, blacklisting every server)."""
+    listener = socket.create_server(("127.0.0.1", 0))
+
+    def serve():
+        while True:
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                return
+            with conn:
+                data = b""
+                while b"\r\n\r\n" not in data.split(b"\r\n", 1)[-1]:
+                    chunk = conn.recv(4096)
+                    if not chunk:
+                        break
+                    data += chunk
+                line = data.split(b"\r\n", 1)[0]
+                conn.sendall(b"HTTP/1.0 200 OK\r\nContent-Length: %d\r\n\r\n%s"
+                             % (len(line), line))
+    threading.Thread(target=serve, daemon=True).start()
+    try:
+        pen, port = start_pen("-E", pki["site"], "-O", "proxy_protocol v1",
+                              servers=[f"127.0.0.1:{listener.getsockname()[1]}"])
+        line = curl(https(port), "--cacert", pki["ca"])
+        assert re.fullmatch(rf"PROXY TCP4 127\.0\.0\.1 127\.0\.0\.1 \d+ {port}", line), line
+        assert "blacklisted" not in pen.output()
+    finally:
+        listener.close()
