@@ -372,12 +372,17 @@ def test_workers_drain_and_exit_when_the_parent_is_gone(group):
              what="the orphaned workers to exit")
 
 
-def test_the_connection_limit_holds_for_the_group(start_pen, backends):
+def limited_group(start_pen, backends, limit: int):
+    """Two workers under -x limit, with a control port: (pen, port, ctl, addresses by worker)."""
     ctl = free_port()
-    pen, port = start_pen("-O", "workers 2", "-x", "4", "-C", f"127.0.0.1:{ctl}", "-u", "root",
-                          servers=[backends[0].spec])
+    pen, port = start_pen("-O", "workers 2", "-x", str(limit), "-C", f"127.0.0.1:{ctl}",
+                          "-u", "root", servers=[backends[0].spec])
     workers_of(pen, 2)
-    on = by_worker(2)
+    return pen, port, ctl, by_worker(2)
+
+
+def test_the_connection_limit_holds_for_the_group(start_pen, backends):
+    pen, port, ctl, on = limited_group(start_pen, backends, 4)
     held = [hold(port, a) for a in on[0][:2] + on[1][:2]]     # two on each worker
     wait_for(lambda: len(status_of(ctl)["connections"]) == 4,
              what="four connections")
@@ -401,11 +406,7 @@ def test_the_connection_limit_holds_for_the_group(start_pen, backends):
 
 
 def test_a_flood_steered_to_one_worker_cannot_starve_the_other(start_pen, backends):
-    ctl = free_port()
-    pen, port = start_pen("-O", "workers 2", "-x", "10", "-C", f"127.0.0.1:{ctl}", "-u", "root",
-                          servers=[backends[0].spec])
-    workers_of(pen, 2)
-    on = by_worker(2)
+    pen, port, ctl, on = limited_group(start_pen, backends, 10)
     flood = [hold(port, a) for a in on[0][:10]]           # the whole -x, all on worker 0
     wait_for(lambda: len(status_of(ctl)["connections"]) == 10,
              what="the flood holding -x")
