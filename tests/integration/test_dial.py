@@ -5,6 +5,7 @@ each failed server blacklisted, -t per connect, cancel, a full UNIX backlog wait
 import errno
 import socket
 import time
+from contextlib import contextmanager
 
 import gevent
 import pytest
@@ -14,6 +15,7 @@ from gevent.event import Event
 from pen import cli
 from pen.addr import resolve
 from pen.dial import RETRY, Dial
+from pen.tcp import TcpBalancer
 from support import fill_backlog
 
 
@@ -44,9 +46,15 @@ def balancer_state(*servers, timeout="2"):
     return state
 
 
-def dial(state, wait=5.0):
-    attempt = Recorded(state)
+def waiting(state, attempt=None):
+    """A dial (a Recorded one, unless given) started and not awaited."""
+    attempt = attempt or Recorded(state)
     attempt.start(None, time.time())
+    return attempt
+
+
+def dial(state, wait=5.0):
+    attempt = waiting(state)
     assert attempt.ended.wait(wait), "the dial ended neither way"
     return attempt
 
@@ -64,6 +72,29 @@ def listening():
     yield make
     for s in socks:
         s.close()
+
+
+@pytest.fixture
+def hung(listening):
+    """A server whose connects hang (its backlog full: the SYN is dropped): its spec."""
+    server = listening(backlog=0)
+    fillers = fill_backlog(server)
+    yield f"127.0.0.1:{server.getsockname()[1]}"
+    for s in fillers:
+        s.close()
+
+
+@contextmanager
+def serving(balancer_class, server):
+    """(balancer, its address): one of this class, started on a loopback port in front of
+    the listening socket `server`."""
+    balancer = balancer_class(balancer_state(f"127.0.0.1:{server.getsockname()[1]}"),
+                              socket.create_server(("127.0.0.1", 0)))
+    balancer.start()
+    try:
+        yield balancer, balancer.listening_socket().getsockname()
+    finally:
+        balancer.close()
 
 
 def closed_port():
@@ -84,11 +115,9 @@ def test_a_refused_server_is_blacklisted_and_the_next_one_taken(listening):
     assert state.servers[1].failures == 0
 
 
-def test_a_hung_connect_times_out_after_t_and_fails_over(listening):
-    hung, good = listening(backlog=0), listening()
-    fillers = fill_backlog(hung)
-    state = balancer_state(f"127.0.0.1:{hung.getsockname()[1]}",
-                           f"127.0.0.1:{good.getsockname()[1]}", timeout="0.3")
+def test_a_hung_connect_times_out_after_t_and_fails_over(listening, hung):
+    good = listening()
+    state = balancer_state(hung, f"127.0.0.1:{good.getsockname()[1]}", timeout="0.3")
     started = time.monotonic()
     attempt = dial(state)
     took = time.monotonic() - started
@@ -96,8 +125,6 @@ def test_a_hung_connect_times_out_after_t_and_fails_over(listening):
     assert 0.3 <= took < 2.0
     assert state.servers[0].failures == 1
     attempt.outcome[2].close()
-    for s in fillers:
-        s.close()
 
 
 def test_no_server_left_says_nowhere():
@@ -106,20 +133,15 @@ def test_no_server_left_says_nowhere():
     assert [s.failures for s in state.servers] == [1, 1]
 
 
-def test_cancel_while_connecting_ends_it_quietly(listening):
-    hung = listening(backlog=0)
-    fillers = fill_backlog(hung)
-    state = balancer_state(f"127.0.0.1:{hung.getsockname()[1]}", timeout="0.2")
-    attempt = Recorded(state)
-    attempt.start(None, time.time())
+def test_cancel_while_connecting_ends_it_quietly(hung):
+    state = balancer_state(hung, timeout="0.2")
+    attempt = waiting(state)
     assert attempt.sock is not None                # waiting for the connect
     sock = attempt.sock
     attempt.cancel()
     assert sock.fileno() == -1                     # closed
     assert not attempt.ended.wait(0.5)             # past -t: no timeout, no failover
     assert state.servers[0].failures == 0
-    for s in fillers:
-        s.close()
 
 
 def test_a_full_unix_backlog_is_waited_out(listening, tmp_path):
@@ -144,7 +166,7 @@ def test_a_full_unix_backlog_is_waited_out(listening, tmp_path):
             super().again()
     attempt = Counted(state)
     attempt.asked = 0
-    attempt.start(None, time.time())
+    waiting(state, attempt)
     assert attempt.sock is not None and not attempt.ended.wait(0.3)   # waiting for room
     # asked again now and then (every dial.RETRY s), not on every turn of the loop: the
     # fd of a socket not yet connected is always writable, so waiting on it would spin
@@ -158,50 +180,35 @@ def test_a_full_unix_backlog_is_waited_out(listening, tmp_path):
         s.close()
 
 
-def test_the_loop_moves_on_while_a_dial_waits(listening):
+def test_the_loop_moves_on_while_a_dial_waits(hung):
     """Dialing blocks nothing: another greenlet runs while a connect hangs."""
-    hung = listening(backlog=0)
-    fillers = fill_backlog(hung)
-    state = balancer_state(f"127.0.0.1:{hung.getsockname()[1]}", timeout="0.5")
-    attempt = Recorded(state)
-    attempt.start(None, time.time())
+    state = balancer_state(hung, timeout="0.5")
+    attempt = waiting(state)
     ran = gevent.spawn(lambda: "ran")
     assert ran.get(timeout=0.2) == "ran" and not attempt.ended.is_set()
     assert attempt.ended.wait(5) and attempt.outcome == ("nowhere", None)
-    for s in fillers:
-        s.close()
 
 
 def test_a_connection_whose_setup_raises_is_closed_and_accepting_goes_on(listening):
     """A bug while a connection is set up (from the accept callback) costs that connection:
     it is counted out and closed, and the next client is accepted."""
-    from pen.tcp import TcpBalancer
-
     class Broken(TcpBalancer):
         def handle(self, conn, client, address):
             raise RuntimeError("a bug")
 
-    good = listening()
-    state = balancer_state(f"127.0.0.1:{good.getsockname()[1]}")
-    front = socket.create_server(("127.0.0.1", 0))
-    balancer = Broken(state, front)
-    balancer.start()
-    try:
+    with serving(Broken, listening()) as (balancer, address):
+        state = balancer.state
         for _ in range(2):
-            with gsocket.create_connection(front.getsockname(), timeout=5) as client:
+            with gsocket.create_connection(address, timeout=5) as client:
                 assert client.recv(10) == b""               # (gevent's: the loop runs)
         assert state.connections == {} and not balancer.holding
         assert state.accepted == 2
-    finally:
-        balancer.close()
 
 
 def test_a_connection_closed_before_its_server_layer_starts_stays_closed(listening):
     """ssl_backend: the server's TLS layer is set up in a greenlet that starts on the next
     turn of the loop. A `close N` (or an eviction) before then ends the connection for good:
     the greenlet does nothing, and no server count is left behind."""
-    from pen.tcp import TcpBalancer
-
     class Layered(TcpBalancer):
         layered_servers = True
         wrapped = 0
@@ -214,17 +221,11 @@ def test_a_connection_closed_before_its_server_layer_starts_stays_closed(listeni
             super().handle(conn, client, address)    # connected at once (loopback)
             conn.close()                             # close N, in the same loop turn
 
-    good = listening()
-    state = balancer_state(f"127.0.0.1:{good.getsockname()[1]}")
-    front = socket.create_server(("127.0.0.1", 0))
-    balancer = Layered(state, front)
-    balancer.start()
-    try:
-        with gsocket.create_connection(front.getsockname(), timeout=5) as client:
+    with serving(Layered, listening()) as (balancer, address):
+        state = balancer.state
+        with gsocket.create_connection(address, timeout=5) as client:
             assert client.recv(10) == b""
         gevent.idle()                                # every queued greenlet has run
         assert Layered.wrapped == 0
         assert state.connections == {} and state.servers[0].conn == 0
         assert not balancer.holding
-    finally:
-        balancer.close()
