@@ -33,13 +33,13 @@ from gevent import subprocess as gsubprocess
 from gevent.event import Event
 
 from . import board as shared
-from . import commands, control, daemon, monitor, steering, tls_contexts, upgrade
+from . import commands, control, daemon, monitor, signals, steering, tls_contexts, upgrade
 from .errors import CommandError, UsageError
 from .logs import set_debug, setup_logging
 from .member import ENV, HEARTBEAT, ChannelError, recv_frame, send_frame
 from .notify import notify
 from .registry import WHOLE
-from .runtime import Options, announce, check_transparent, handle_signals, report, socktype
+from .runtime import Options, announce, check_transparent, report, socktype
 from .sockets import bind
 from .state import Client, Connection, State
 
@@ -328,7 +328,7 @@ class Group:
     # the main loop ----------------------------------------------------------------------
 
     def serve(self) -> int:
-        handle_signals(self)
+        signals.handle(self)
         inherited = self.clients_by_row()
         for worker in self.workers:
             try:
@@ -469,8 +469,7 @@ class Snapshot(list):
 
 def run(state: State, opts: Options) -> int:
     """Start a worker group (state.workers > 1); a user's mistake is a UsageError."""
-    for sig in (signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2):
-        signal.signal(sig, signal.SIG_IGN)
+    signals.hold()
     report = None
     inheritance = None
     try:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import gc
 import logging
 import os
-import signal
 import socket
 import time
 from dataclasses import dataclass, field
@@ -29,6 +28,7 @@ from . import (
     dsr,
     member,
     monitor,
+    signals,
     status,
     tls_contexts,
     transparent,
@@ -159,7 +159,7 @@ class Runtime:
         """Serve until told to stop, then drain; the exit status."""
         state = self.state
         self.open_log()
-        handle_signals(self)
+        signals.handle(self)
         self.balancer.start()
         if self.control is not None:
             self.control.start()
@@ -258,15 +258,6 @@ class Runtime:
         report(self.state)
 
 
-def handle_signals(process) -> None:
-    """pen's signals, for a Runtime or a worker group's parent (group.Group)."""
-    gevent.signal_handler(signal.SIGTERM, process.shutdown)
-    gevent.signal_handler(signal.SIGINT, process.shutdown)
-    gevent.signal_handler(signal.SIGHUP, process.reload)
-    gevent.signal_handler(signal.SIGUSR1, process.report)
-    gevent.signal_handler(signal.SIGUSR2, process.upgrade)
-
-
 def announce(inheritance, pidfile: str | None) -> None:
     """We serve: after an upgrade tell the old copy (it may retire) and write the pid file
     only now; tell systemd, with our pid after an upgrade."""
@@ -319,10 +310,7 @@ def tls_contexts_for(state: State):
 
 def run(state: State, opts: Options) -> int:
     """Start pen; a user's mistake found on the way is a UsageError (one line, exit 1)."""
-    # The listener takes connections (into its backlog) before serve() installs the signal
-    # handlers: until then a HUP (logrotate), USR1 or USR2 must not kill pen by default action.
-    for sig in (signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2):
-        signal.signal(sig, signal.SIG_IGN)
+    signals.hold()                # a HUP, USR1 or USR2 before serve() waits for it
     report = None                 # after daemonizing: tells the waiting parent how it went
     inheritance = None            # started by an upgrade: what the old copy handed over
     worker = member.member()      # started by a worker group's parent (group.py)
