@@ -14,7 +14,8 @@ PACKAGE = Path(__file__).resolve().parents[2] / "pen"
 # Highest first; a module imports only from its own layer or the layers below it.
 LAYERS = {
     "command line": {"__main__", "cli", "penctl", "setup_host", "service"},
-    "process": {"runtime", "daemon", "demo", "upgrade", "notify", "group", "member"},
+    "process": {"runtime", "daemon", "demo", "upgrade", "notify", "group", "member",
+                "signals"},
     "input/output": {"balancer", "tcp", "tls", "udp", "dsr", "control", "relay", "dial",
                      "transparent", "sockets", "logs", "mmsg", "greenlets", "vrrp",
                      "probes", "monitor", "metrics", "board", "steering"},
