@@ -31,6 +31,7 @@ log = logging.getLogger("pen")
 BUFSIZE = 64 * 1024
 BULK = 256 * 1024
 ROUNDS = 16            # chunks one direction may move per wake-up while its source has more
+LOOKS = 4              # the idle check looks this often per idle period (Relay.last_moved)
 SPLICE = sys.platform.startswith("linux") and hasattr(os, "splice") and not PORTABLE
 _SPLICE_FLAGS = getattr(os, "SPLICE_F_MOVE", 1) | getattr(os, "SPLICE_F_NONBLOCK", 2)
 _GONE = (errno.ECONNRESET, errno.EPIPE, errno.ENOTCONN, errno.EBADF, errno.ETIMEDOUT)
@@ -61,7 +62,9 @@ class Relay:
     def __init__(self, client, upstream, idle: float, to_server, to_client,
                  transform=None, fastclose: str = "off", reply_transform=None,
                  loop=None, on_end=None) -> None:
-        self.last = time.monotonic()       # when bytes last moved, either way
+        self.last = time.monotonic()       # when a look (last_moved) first saw `seen`
+        self.seen = 0                      # bytes moved either way, as of that look
+        self.settled = 0                   # bytes settle() has counted
         self.idle = idle or None
         self.loop = loop = loop or gevent.get_hub().loop
         self.open = 2                      # directions still running
@@ -82,13 +85,28 @@ class Relay:
         if self.idle:
             self.check_idle()
 
+    def last_moved(self, now: float) -> float:
+        """When bytes last moved, as far as looks tell: the time of the first look (this
+        call, at `now`) that saw the bytes moved so far. Chunks are not timed as they move
+        (a clock read per chunk was a sixteenth of a keep-alive request's user time), so
+        this is late by up to the time between looks: the idle check looks every idle/LOOKS
+        seconds, an eviction (-x full) at each newcomer."""
+        seen = self.settled
+        for direction in self.directions:
+            seen += direction.moved
+        if seen != self.seen:
+            self.seen, self.last = seen, now
+        return self.last
+
     def check_idle(self) -> None:
-        """A timer callback: end the relay once no byte has moved for idle seconds."""
-        left = self.last + self.idle - time.monotonic()
+        """A timer callback: end the relay once no byte has moved for idle seconds (it
+        ends between idle and idle * (1 + 1/LOOKS) seconds after the last byte)."""
+        now = time.monotonic()
+        left = self.last_moved(now) + self.idle - now
         if left <= 0:
             log.debug("idle timeout")
             return self.close()
-        self.timer = self.loop.timer(left)
+        self.timer = self.loop.timer(min(left, self.idle / LOOKS))
         self.timer.start(self.check_idle)
 
     def ended(self, direction: "_Direction") -> None:
@@ -101,6 +119,7 @@ class Relay:
         for direction in self.directions:
             if direction.moved:
                 direction.count(direction.moved)
+                self.settled += direction.moved
                 direction.moved = 0
 
     def close(self) -> None:
@@ -184,7 +203,6 @@ class _Direction:
                 if not data:
                     return self.end()
                 n = len(data)
-                self.relay.last = time.monotonic()
                 self.moved += n
                 if self.transform is not None:
                     try:
@@ -310,7 +328,6 @@ class _Direction:
         if n == 0:
             self.end()
             return False
-        self.relay.last = time.monotonic()
         self.moved += n
         self.piped = n
         return self.splice_out() and n == BUFSIZE

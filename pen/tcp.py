@@ -137,7 +137,7 @@ def _release(holding: Counter, key) -> None:
 
 def _last_moved(conn: Connection, now: float, wall: float) -> float:
     """When the connection last moved a byte (monotonic); before its relay, when accepted."""
-    return conn.relay.last if conn.relay is not None else now - (wall - conn.started)
+    return conn.relay.last_moved(now) if conn.relay is not None else now - (wall - conn.started)
 
 
 class TcpBalancer:

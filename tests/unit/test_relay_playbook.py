@@ -11,7 +11,7 @@ from collections import deque
 
 import pytest
 
-from pen.relay import Relay
+from pen.relay import LOOKS, Relay
 
 READ, WRITE = 1, 2
 EOF_ = object()
@@ -40,7 +40,9 @@ class Loop:
         return watcher
 
     def timer(self, seconds) -> Watcher:
-        return self.io(None, 0)
+        watcher = self.io(None, 0)
+        watcher.seconds = seconds
+        return watcher
 
     def active(self, fd, events) -> bool:
         return any(w.active for w in self.watchers if (w.fd, w.events) == (fd, events))
@@ -193,11 +195,23 @@ def test_fastclose_ends_the_relay_at_that_sides_eof(fastclose, closes_on_client_
     assert relay.closed == closes_on_server_eof
 
 
+def timer_seconds(loop) -> float:
+    return next(w.seconds for w in loop.watchers if w.fd is None and w.active)
+
+
 def test_idle_timeout_closes_a_quiet_relay_and_spares_a_busy_one():
     relay, loop, client, server, _ = playbook(idle=5)
-    loop.fire_timers()                         # fired early: bytes moved just now
+    assert timer_seconds(loop) <= 5 / LOOKS     # it looks often enough to be late by little
+    loop.fire_timers()
     assert not relay.closed
-    relay.last -= 10                           # ten seconds without a byte
+    relay.last -= 10                           # ten seconds since a look saw bytes move...
+    client.incoming.append(b"busy")
+    loop.readable(client)                      # ... but some moved since that look
+    loop.fire_timers()
+    assert not relay.closed
+    assert timer_seconds(loop) <= 5 / LOOKS
+    relay.settle()                             # counting bytes does not move any
+    relay.last -= 10
     loop.fire_timers()
     assert relay.closed
 
