@@ -17,12 +17,11 @@ import time
 import gevent
 
 from .select import candidates
-from .sockets import OUT_OF_FDS, server_socket
+from .sockets import FULL_RETRY, OUT_OF_FDS, server_socket
 
 _IN_PROGRESS = (errno.EINPROGRESS, errno.EALREADY)
 _CONNECTED = (0, errno.EISCONN)
 _WRITE = 2
-RETRY = 0.01        # a UNIX server's backlog is full: ask again this often (see wait)
 
 
 class Dial:
@@ -94,12 +93,12 @@ class Dial:
 
     def wait(self, server, sock, full: bool = False) -> None:
         """Until writable: connected or refused. At most -t seconds. A UNIX server whose
-        backlog is full is asked again every RETRY seconds: its fd tells nothing (a
+        backlog is full is asked again every FULL_RETRY seconds: its fd tells nothing (a
         socket that is not connected yet is always writable)."""
         loop = gevent.get_hub().loop
         self.server, self.sock = server, sock
         if full:
-            self.waiter = loop.timer(RETRY, RETRY)
+            self.waiter = loop.timer(FULL_RETRY, FULL_RETRY)
             self.waiter.start(self.again)
         else:
             self.waiter = loop.io(sock.fileno(), _WRITE)

@@ -14,6 +14,7 @@ import stat
 import time
 from typing import Callable
 
+import gevent
 from gevent import socket as gsocket
 
 from .addr import Endpoint, resolve
@@ -22,7 +23,8 @@ from .errors import UsageError
 ConnectHook = Callable[[socket.socket, object, object], None]
 
 OUT_OF_FDS = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
-_IN_PROGRESS = (errno.EINPROGRESS, errno.EALREADY, errno.EWOULDBLOCK)
+_IN_PROGRESS = (errno.EINPROGRESS, errno.EALREADY)
+FULL_RETRY = 0.01     # a UNIX server's backlog is full (EAGAIN): ask again this often
 
 
 def bind(endpoint: Endpoint, socktype: int = socket.SOCK_STREAM, backlog: int = 0,
@@ -61,7 +63,10 @@ def connect_within(sock, sockaddr, timeout) -> None:
     deadline = time.monotonic() + timeout if timeout else None
     err = sock.connect_ex(sockaddr)
     while err == errno.EAGAIN and sock.family == socket.AF_UNIX:      # its backlog is full
-        gsocket.wait_write(sock.fileno(), _left(deadline))
+        # and its fd tells nothing (a socket not yet connected is always writable)
+        if deadline is not None and time.monotonic() >= deadline:
+            raise socket.timeout("timed out")
+        gevent.sleep(FULL_RETRY)
         err = sock.connect_ex(sockaddr)
     if err in _IN_PROGRESS:
         # A server on this host has answered by now (the handshake ran in our syscall):

@@ -1,5 +1,6 @@
 """dial.Dial through real loopback and UNIX sockets on gevent's loop: pen's failover order,
-each failed server blacklisted, -t per connect, cancel, a full UNIX backlog waited out.
+each failed server blacklisted, -t per connect, cancel, a full UNIX backlog waited out
+(by a dial and by a health probe's connect_within).
 """
 
 import errno
@@ -14,9 +15,10 @@ from gevent.event import Event
 
 from pen import cli
 from pen.addr import resolve
-from pen.dial import RETRY, Dial
+from pen.dial import Dial
+from pen.sockets import FULL_RETRY, connect_within
 from pen.tcp import TcpBalancer
-from support import fill_backlog
+from support import fill_backlog, wait_for
 
 
 class Recorded(Dial):
@@ -144,11 +146,14 @@ def test_cancel_while_connecting_ends_it_quietly(hung):
     assert state.servers[0].failures == 0
 
 
-def test_a_full_unix_backlog_is_waited_out(listening, tmp_path):
+@pytest.fixture
+def full_unix(listening, tmp_path):
+    """A UNIX server whose backlog is full (connect(2) says EAGAIN): (its listening
+    socket, its path)."""
     path = str(tmp_path / "server.sock")
     server = listening(backlog=0, family=socket.AF_UNIX, path=path)
     fillers = []
-    while True:                                    # fill it: connect(2) says EAGAIN
+    while True:
         s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_NONBLOCK)
         err = s.connect_ex(path)
         if err == errno.EAGAIN:
@@ -156,6 +161,13 @@ def test_a_full_unix_backlog_is_waited_out(listening, tmp_path):
             break
         assert err == 0, err
         fillers.append(s)
+    yield server, path
+    for s in fillers:
+        s.close()
+
+
+def test_a_full_unix_backlog_is_waited_out(full_unix):
+    server, path = full_unix
     state = balancer_state(path)
 
     class Counted(Recorded):
@@ -168,16 +180,41 @@ def test_a_full_unix_backlog_is_waited_out(listening, tmp_path):
     attempt.asked = 0
     waiting(state, attempt)
     assert attempt.sock is not None and not attempt.ended.wait(0.3)   # waiting for room
-    # asked again now and then (every dial.RETRY s), not on every turn of the loop: the
+    # asked again now and then (every FULL_RETRY s), not on every turn of the loop: the
     # fd of a socket not yet connected is always writable, so waiting on it would spin
-    assert 5 <= attempt.asked <= 0.3 / RETRY + 5
+    assert 5 <= attempt.asked <= 0.3 / FULL_RETRY + 5
     server.accept()[0].close()                     # room for one more
     assert attempt.ended.wait(5)
     assert attempt.outcome[:2] == ("connected", 0)
     assert state.servers[0].failures == 0
     attempt.outcome[2].close()
-    for s in fillers:
-        s.close()
+
+
+class CountedSocket(socket.socket):
+    """Counts its connect_ex calls."""
+    asked = 0
+
+    def connect_ex(self, address):
+        self.asked += 1
+        return super().connect_ex(address)
+
+
+def test_a_probe_to_a_full_unix_backlog_asks_now_and_then_and_times_out(full_unix):
+    """A health probe's connect (sockets.connect_within) waits out a full backlog the way
+    a dial does, and gives up at its timeout; it used to wait on the always-writable fd,
+    spinning through the loop and never timing out."""
+    server, path = full_unix
+    with CountedSocket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_NONBLOCK) as sock:
+        with pytest.raises(socket.timeout):
+            gevent.spawn(connect_within, sock, path, 0.3).get(timeout=5)
+        assert 5 <= sock.asked <= 0.3 / FULL_RETRY + 5
+    with CountedSocket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_NONBLOCK) as sock:
+        connecting = gevent.spawn(connect_within, sock, path, 5)
+        wait_for(lambda: sock.asked >= 3, sleep=gevent.sleep, what="it to ask again")
+        assert not connecting.ready()              # still waiting for room
+        server.accept()[0].close()                 # room for one more
+        connecting.get(timeout=5)
+        assert sock.getpeername() == path
 
 
 def test_the_loop_moves_on_while_a_dial_waits(hung):
