@@ -30,7 +30,7 @@ from .sockets import OUT_OF_FDS, bind, set_options
 from .state import Connection, Server, State
 
 log = logging.getLogger("pen")
-DEBUG = logging.DEBUG
+DEBUG_LEVEL = 2           # pen -d -d: connections logged as they open and close (logs.py)
 
 
 class Closed(Exception):
@@ -223,7 +223,7 @@ class TcpBalancer:
         if (trusted and state.accept_proxy >= 0) or self.layered_clients:
             greenlets.spawn(self.prepare, conn, client, address, trusted)
         else:
-            self.dial(conn, client, client, address, trusted)
+            self.dial(conn, client, client, address, trusted, conn.started)
 
     def prepare(self, conn: Connection, accepted, address, trusted: bool) -> None:
         """A connection's greenlet: take the trusted peer's PROXY header and set up the
@@ -237,17 +237,19 @@ class TcpBalancer:
                     conn.destination = accepted.getsockname()   # TLS hides the socket
                 client = self.wrap_client(accepted, conn.client)
             if client is not None:
-                return self.dial(conn, client, accepted, address, trusted)
+                return self.dial(conn, client, accepted, address, trusted, time.time())
         except Closed:
             log.debug("connection %s: closed by close N or shutdown", conn.id)
         except Exception:
             return self.broken(conn, address, client or accepted)
         self.finish(conn, address, accepted, None)
 
-    def dial(self, conn: Connection, client, accepted, address, trusted: bool) -> None:
+    def dial(self, conn: Connection, client, accepted, address, trusted: bool,
+             now: float) -> None:
+        """Choose a server (as of now: time.time()) and connect to it."""
         setup = Setup(self, conn, client, accepted, address, trusted)
         conn.close = setup.close
-        setup.start(setup.ip, time.time())
+        setup.start(setup.ip, now)
 
     def layer_upstream(self, setup: "Setup", server: Server, sock) -> None:
         """A greenlet for the server connection's layer (TLS, ssl_backend); a failure
@@ -283,19 +285,19 @@ class TcpBalancer:
     def established(self, setup: "Setup", server: Server, upstream) -> None:
         """Connected (and layered): count the client in, relay."""
         state, conn, client, ip = self.state, setup.conn, setup.stream, setup.ip
-        if log.isEnabledFor(DEBUG):
+        if state.debug >= DEBUG_LEVEL:         # (an int compare: isEnabledFor is a call)
             log.debug("connection %d: %s to server %d (%s)", conn.id, ip, server.index,
                       server.endpoint)
         if state.tcp_nodelay or state.keepalive:
             set_options(client, state)
             set_options(upstream, state)
         conn.downfd, conn.upfd = client.fileno(), upstream.fileno()
-        state.track(conn, ip, server, time.time())
+        state.track(conn, ip, server, conn.started)     # (the client came then)
         self.relay(conn, client, upstream, ip, setup.address, setup.trusted)
 
     def finish(self, conn: Connection, address, client, upstream) -> None:
         """The connection ended (its relay, or before one): count it out, close both."""
-        if log.isEnabledFor(DEBUG):
+        if self.state.debug >= DEBUG_LEVEL:
             log.debug("connection %d closed: %d bytes to the server, %d to the client",
                       conn.id, conn.sx, conn.rx)
         self.state.close_connection(conn)
