@@ -1,8 +1,8 @@
 """Connecting a client to a server from loop callbacks, failing over in pen's order.
 
-A Dial tries the servers select.candidates names, one after another: a non-blocking
-connect(2), then (unless the server has answered already, as one on this host has) a
-write watcher and a -t timer on the loop. Each server that fails is blacklisted before
+A Dial tries the servers select names (choose, then failover), one after another: a
+non-blocking connect(2), then (unless the server has answered already, as one on this host
+has) a write watcher and a -t timer on the loop. Each server that fails is blacklisted before
 the next is asked for. No greenlet waits for any of it: a plain connection goes from the
 accept callback through its Dial to its relay without a switch.
 """
@@ -16,12 +16,13 @@ import time
 
 import gevent
 
-from .select import candidates
+from .select import choose, failover
 from .sockets import FULL_RETRY, OUT_OF_FDS, server_socket
 
 _IN_PROGRESS = (errno.EINPROGRESS, errno.EALREADY)
 _CONNECTED = (0, errno.EISCONN)
 _WRITE = 2
+_NONE_LEFT = iter(())     # Dial.servers once it has ended: no server is tried after that
 
 
 class Dial:
@@ -32,7 +33,8 @@ class Dial:
     own shortage (out of fds, or no local port left: EAGAIN from a TCP connect), which
     blames no server. cancel() ends it quietly (`close N`)."""
 
-    __slots__ = ("state", "client", "hooks", "servers", "server", "sock", "waiter", "timer")
+    __slots__ = ("state", "client", "hooks", "ip", "now", "servers", "server", "sock",
+                 "waiter", "timer")
 
     def __init__(self, state, client, hooks) -> None:
         self.state, self.client, self.hooks = state, client, hooks
@@ -45,20 +47,29 @@ class Dial:
         raise NotImplementedError
 
     def start(self, ip, now: float) -> None:
+        """Choose a server for the client at ip (as of now) and connect to it."""
         client = self.client
         port = client[1] if type(client) is tuple else None
-        self.servers = candidates(self.state, ip, port, now)
-        self.next()
+        self.ip, self.now = ip, now
+        self.connect(choose(self.state, ip, port, now))
 
-    def next(self) -> None:
-        """Connect to the next server in order; nowhere() when none is left."""
-        for server in self.servers:
+    def after(self, failed):
+        """The next server in pen's order after failed (blacklisted now), or None. (The
+        failover order is asked for only once a server has failed.)"""
+        if self.servers is None:
+            self.servers = failover(self.state, failed, self.ip, self.now)
+        return next(self.servers, None)
+
+    def connect(self, server) -> None:
+        """Connect to server, or on failure to the next; nowhere() when none is left."""
+        while server is not None:
             try:
                 sock = server_socket(server, socket.SOCK_STREAM, self.client, self.hooks)
             except OSError as e:
                 if e.errno in OUT_OF_FDS:            # our shortage, not the server's fault
                     return self.end("no fd for an upstream socket")
                 self.state.server_failed(server, f"failed: {e.strerror or e}", time.time())
+                server = self.after(server)
                 continue
             sockaddr = server.endpoint.sockaddr
             err = sock.connect_ex(sockaddr)
@@ -77,17 +88,18 @@ class Dial:
                 return self.end("no local port for a connect")
             sock.close()
             self.state.server_failed(server, f"failed: {os.strerror(err)}", time.time())
+            server = self.after(server)
         self.end(None)
 
     def failed(self, server, why: str) -> None:
         """The caller could not use the connected server (its PROXY header or TLS
         handshake failed): blacklist it, go on to the next."""
         self.state.server_failed(server, f"failed: {why}", time.time())
-        self.next()
+        self.connect(self.after(server))
 
     def cancel(self) -> None:
         self.stop()
-        self.servers = None
+        self.servers = _NONE_LEFT
 
     # waiting for a connect in progress -------------------------------------------------
 
@@ -127,14 +139,14 @@ class Dial:
         if err and err != errno.EISCONN:
             sock.close()
             self.state.server_failed(server, f"failed: {os.strerror(err)}", time.time())
-            return self.next()
+            return self.connect(self.after(server))
         self.connected(server, sock)
 
     def timed_out(self) -> None:
         server = self.server
         self.stop()
         self.state.server_failed(server, "failed: timed out", time.time())
-        self.next()
+        self.connect(self.after(server))
 
     def stop(self, close: bool = True) -> None:
         """Stop waiting (closing the socket unless it is handed on)."""
@@ -150,5 +162,5 @@ class Dial:
             self.sock = self.server = None
 
     def end(self, why) -> None:
-        self.servers = None
+        self.servers = _NONE_LEFT
         self.nowhere(why)

@@ -1,6 +1,7 @@
 """Choosing a server for a new connection, and failing over when it does not answer.
 
-`candidates()` yields the servers to try, in pen's order:
+`candidates()` yields the servers to try, in pen's order (`choose()` names the first,
+`failover()` the rest, for a caller that seldom needs them):
   1. a client the ACL denies gets the abuse server (-B) or nothing;
   2. unless -r, the server the client used last time, if it is available to it (a
      drained server still is; a down or maint one is not);
@@ -119,19 +120,36 @@ def _next_after(state: State, failed: Server, ip, now: float, tried: set[int]) -
     return None
 
 
-def candidates(state: State, ip, port, now: float) -> Iterator[Server]:
-    """Servers to try in order; the caller blacklists each one that fails before asking again."""
+def choose(state: State, ip, port, now: float) -> Server | None:
+    """The first server to try (steps 1-3, or the emergency server when no server would
+    take a permitted client); None: nowhere. (No generator: this is every connection's.)"""
     if not state.acls.permits(state.client_acl, ip):
-        if state.abuse is not None:
-            yield state.abuse
-        return
+        return state.abuse
     server = initial(state, ip, port, now)
-    tried: set[int] = set()
+    if server is None and not state.stubborn:
+        return state.emergency
+    return server
+
+
+def failover(state: State, failed: Server, ip, now: float) -> Iterator[Server]:
+    """The servers to try after the first one failed (step 4); the caller blacklists each
+    one that fails before asking for the next. Nothing after the abuse or the emergency
+    server, and nothing at all with -s."""
+    if failed.index < 0 or state.stubborn:
+        return
+    tried: set[int] = {failed.index}
+    server = _next_after(state, failed, ip, now, tried)
     while server is not None:
         tried.add(server.index)
         yield server
-        if state.stubborn:
-            return
         server = _next_after(state, server, ip, now, tried)
-    if state.emergency is not None and not state.stubborn:
+    if state.emergency is not None:
         yield state.emergency
+
+
+def candidates(state: State, ip, port, now: float) -> Iterator[Server]:
+    """Servers to try in order; the caller blacklists each one that fails before asking again."""
+    first = choose(state, ip, port, now)
+    if first is not None:
+        yield first
+        yield from failover(state, first, ip, now)

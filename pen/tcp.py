@@ -4,7 +4,7 @@ A connection lives in loop callbacks: the accept callback registers it, its Dial
 connects to a server in pen's order, failing over, and relay.py moves its bytes until it
 ends. Only a connection that must wait in between takes a greenlet (a reused one:
 greenlets.py) for that wait: a trusted peer's PROXY header, a TLS handshake. All decisions
-are the pure core's (select.candidates); this module, dial.py and relay.py move bytes.
+are the pure core's (select.choose, failover); this module, dial.py and relay.py move bytes.
 """
 
 from __future__ import annotations
