@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 
@@ -61,11 +62,23 @@ def _await_start(fd: int) -> int:
 
 
 def write_pidfile(path: str) -> None:
-    """The pid, without a newline, as pen writes it."""
+    """The pid, without a newline, as pen writes it. Written aside and renamed into place,
+    so that a reader (systemd's PIDFile=, a script waiting for an upgrade) never sees the
+    file empty; in place where the directory takes no new file but the pid file is ours."""
+    pid = str(os.getpid())
+    aside = f"{path}.{pid}.tmp"
     try:
-        with open(path, "w") as f:
-            f.write(str(os.getpid()))
+        try:
+            with open(aside, "w") as f:
+                f.write(pid)
+        except OSError:
+            with open(path, "w") as f:
+                f.write(pid)
+            return
+        os.replace(aside, path)
     except OSError as e:
+        with contextlib.suppress(OSError):
+            os.unlink(aside)
         raise DaemonError(f"-p {path}: {e.strerror}") from None
 
 
