@@ -7,6 +7,7 @@ from __future__ import annotations
 import http.client
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -83,6 +84,20 @@ def workers_of(pen, count: int) -> list[int]:
                     children(pen.proc.pid), timeout=30, what=f"{count} workers")
 
 
+def beating(ctl: int, count: int) -> list[dict]:
+    """status json's rows for the group's count workers, once each beats (it serves). A
+    group started without start_pen's probe and awaited so has no connection from 127.0.0.1
+    waiting in a worker's backlog, for the limits to count."""
+    def rows():
+        try:
+            workers = status_of(ctl)["workers"]
+        except (OSError, ValueError):             # the control port is not up yet
+            return None
+        return len(workers) == count and all(w["heartbeat_age"] < 1 for w in workers) \
+            and workers
+    return wait_for(rows, timeout=30, what=f"{count} workers' heartbeats")
+
+
 @pytest.fixture(autouse=True)
 def steered(monkeypatch):
     """These tests are about Linux's steering; the portable pass (PEN_PORTABLE=1) runs
@@ -102,8 +117,8 @@ def backends():
 def group(start_pen, backends):
     ctl = free_port()
     pen, port = start_pen("-O", "workers 2", "-C", f"127.0.0.1:{ctl}", "-u", "root", "-X",
-                          servers=[b.spec for b in backends])
-    workers_of(pen, 2)
+                          servers=[b.spec for b in backends], wait=False)
+    beating(ctl, 2)
     return pen, port, ctl
 
 
@@ -220,13 +235,12 @@ def test_a_killed_worker_comes_back_on_the_same_socket(group):
 
 def test_a_stuck_worker_is_killed_and_replaced(group):
     pen, port, ctl = group
-    beating = wait_for(lambda: (s := status_of(ctl)["workers"])
-                       and all(w["heartbeat_age"] < 1 for w in s) and s, what="heartbeats")
-    victim = beating[1]["pid"]
+    victim = beating(ctl, 2)[1]["pid"]
     os.kill(victim, signal.SIGSTOP)
     wait_for(lambda: victim not in children(pen.proc.pid) and
              len(children(pen.proc.pid)) == 2, timeout=20, what="the stuck worker replaced")
-    assert f"worker 1 (pid {victim}): no heartbeat for 3." in pen.output() in pen.output()
+    # (3 s and a little: more on a loaded machine, where the parent looks late)
+    assert re.search(rf"worker 1 \(pid {victim}\): no heartbeat for [3-9]\.\d", pen.output())
     assert {get(port, a)["name"] for a in ADDRESSES} <= {"s0", "s1", "s2"}
 
 
@@ -376,8 +390,8 @@ def limited_group(start_pen, backends, limit: int):
     """Two workers under -x limit, with a control port: (pen, port, ctl, addresses by worker)."""
     ctl = free_port()
     pen, port = start_pen("-O", "workers 2", "-x", str(limit), "-C", f"127.0.0.1:{ctl}",
-                          "-u", "root", servers=[backends[0].spec])
-    workers_of(pen, 2)
+                          "-u", "root", servers=[backends[0].spec], wait=False)
+    beating(ctl, 2)
     return pen, port, ctl, by_worker(2)
 
 
