@@ -329,6 +329,12 @@ def run(state: State, opts: Options) -> int:
                              "use -u USER to drop privileges (-u root forces it)")
         if state.udp:
             udp.check(state)
+        control_sock = None           # first: once pen's port listens, its control port does
+        if state.control is not None:
+            control_sock = inheritance and inheritance.take(f"control {state.control}")
+            if control_sock is None:
+                control_sock = control.open_socket(state.control)
+                control.warn_if_exposed(state, state.control)
         listen_sock = worker.listen if worker else \
             inheritance and (inheritance.take_listeners(state.listen, 1) or [None])[0]
         if listen_sock is None:
@@ -336,12 +342,6 @@ def run(state: State, opts: Options) -> int:
                            else bind(state.listen, socktype(state), backlog=opts.backlog))
         check_transparent(state)              # before daemonizing, while stderr is the user's
         contexts = tls_contexts_for(state)
-        control_sock = None
-        if state.control is not None:
-            control_sock = inheritance and inheritance.take(f"control {state.control}")
-            if control_sock is None:
-                control_sock = control.open_socket(state.control)
-                control.warn_if_exposed(state, state.control)
         metrics_sock = None
         if inheritance is not None:
             if state.health.metrics_port is not None:

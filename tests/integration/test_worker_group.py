@@ -17,7 +17,7 @@ import threading
 import pytest
 from udp_peers import Responder, start_udp_pen
 
-from support import ROOT, Backend, free_port, pattern, run_pen, wait_for
+from support import ROOT, Backend, can_connect, free_port, pattern, run_pen, wait_for
 
 pytestmark = pytest.mark.skipif(not hasattr(os, "memfd_create"), reason="Linux only")
 
@@ -306,6 +306,8 @@ def test_workers_auto_is_the_cpus_this_process_may_use(start_pen, backends):
     pen, port = start_pen("-O", "workers auto", "-C", f"127.0.0.1:{ctl}", "-u", "root",
                           servers=[backends[0].spec])
     cpus = len(os.sched_getaffinity(0))
+    # (a group's parent opens its control port after the workers' listening sockets)
+    wait_for(lambda: can_connect("127.0.0.1", ctl), what="the control port")
     assert penctl(ctl, "workers") == f"{cpus}\n"
     if cpus > 1:
         workers_of(pen, cpus)
