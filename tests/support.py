@@ -31,6 +31,7 @@ def _ephemeral_low() -> int:
 
 _EPHEMERAL_LOW = _ephemeral_low()
 _PORTS = random.Random()                          # unaffected by tests that seed random
+_HANDED_OUT: set[int] = set()                     # free_port: each port once per process
 
 
 def fill_backlog(listener) -> list:
@@ -52,15 +53,20 @@ def free_port(host: str = "127.0.0.1", kind: int = socket.SOCK_STREAM) -> int:
     """A port nothing is bound to, below the kernel's ephemeral range: between this probe
     and the test's own bind, no automatic bind (a connect, pen's UDP session sockets, a TFTP
     server's transfer port) can take it, as one once did to a port the kernel had handed out.
-    (Where the range starts too low to leave room, the kernel picks, as before.)"""
+    (Where the range starts too low to leave room, the kernel picks, as before.)
+    A port is handed out once per test process: two draws in one test (a listener and its
+    -C port) never name the same one before either is bound."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     with socket.socket(family, kind) as s:
         for _ in range(200 if _EPHEMERAL_LOW > 11000 else 0):
             port = _PORTS.randrange(10000, _EPHEMERAL_LOW)
+            if port in _HANDED_OUT:
+                continue
             try:
                 s.bind((host, port))
             except OSError:
                 continue
+            _HANDED_OUT.add(port)
             return port
     with socket.socket(family, kind) as s:
         s.bind((host, 0))

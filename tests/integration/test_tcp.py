@@ -224,6 +224,7 @@ def test_connection_limit_refuses_the_same_address_until_one_ends(backends, star
     with pytest.raises(AssertionError, match=r"failed \((52|56)\)"):   # empty reply, reset
         curl(url(port), timeout=1)             # closed at once: its address holds -x already
     holder.close()
+    wait_for(lambda: server_conns(pen) == 0, what="the first connection to end")
     assert curl_json(url(port))["name"] == "a"
 
 
