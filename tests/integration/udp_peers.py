@@ -3,7 +3,6 @@ a dnslib server, echo / silent / stray backends, in.tftpd and a tftpy server."""
 
 from __future__ import annotations
 
-import errno
 import os
 import shutil
 import socket
@@ -19,12 +18,21 @@ def udp_port(host: str = "127.0.0.1") -> int:
 
 
 def udp_bound(host: str, port: int) -> bool:
-    """Is something bound to host:port/udp? (A probe bind without SO_REUSEADDR fails.)"""
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
-        try:
-            probe.bind((host, port))
-        except OSError as e:
-            return e.errno == errno.EADDRINUSE
+    """Is something bound to host:port/udp (or to any address on port)? Read from the
+    kernel's table: a probe bind would hold the port for a moment, and a peer binding it
+    just then (pen starting) would fail with EADDRINUSE, as one did in CI."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    table = "/proc/net/udp6" if family == socket.AF_INET6 else "/proc/net/udp"
+    packed = socket.inet_pton(family, host)
+    # the kernel prints each 32-bit word of the address in host (little-endian) order
+    words = [packed[i:i + 4][::-1].hex().upper() for i in range(0, len(packed), 4)]
+    wanted = {"".join(words), "0" * len(packed) * 2}
+    with open(table) as f:
+        next(f)                                          # the header
+        for line in f:
+            address, _, hexport = line.split()[1].partition(":")
+            if int(hexport, 16) == port and address in wanted:
+                return True
     return False
 
 
